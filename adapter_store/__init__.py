@@ -1,0 +1,1 @@
+"""Adapter store service: serves PEFT LoRA adapters to GPU workers."""

@@ -1,0 +1,1 @@
+"""Pure adapter-catalog logic (no grpc, no torch)."""

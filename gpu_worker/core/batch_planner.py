@@ -1,0 +1,83 @@
+"""Which sequences run in the next engine step (the worker-local scheduler).
+
+Running sequences decode one token each; waiting sequences (adapter ready)
+are prefilled in arrival order while the step's token budget and the KV
+pages allow. Prefill and decode share the step (continuous batching).
+Pages are allocated lazily, but a sequence is only started when the pages
+its whole reservation (prompt + max_tokens) may still need are free, so a
+decode never runs out of pages and nothing has to be preempted.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .sequence import Sequence
+
+
+def pages_for(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
+@dataclass
+class StepPlan:
+    prefill: list[Sequence] = field(default_factory=list)
+    decode: list[Sequence] = field(default_factory=list)
+
+    @property
+    def seqs(self) -> list[Sequence]:
+        return self.prefill + self.decode
+
+    def __bool__(self) -> bool:
+        return bool(self.prefill or self.decode)
+
+
+class BatchPlanner:
+    def __init__(self, allocator, block_size: int, max_running: int, max_step_tokens: int):
+        if max_running <= 0 or max_step_tokens <= 0:
+            raise ValueError("max_running and max_step_tokens must be positive")
+        self.allocator = allocator
+        self.block_size = block_size
+        self.max_running = max_running
+        self.max_step_tokens = max_step_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        if seq.block_table:
+            self.allocator.free(seq.block_table)
+            seq.block_table = []
+
+    def _future_pages(self) -> int:
+        """Pages running sequences may still allocate before they finish."""
+        return sum(pages_for(s.max_len, self.block_size) - len(s.block_table) for s in self.running)
+
+    def plan(self) -> StepPlan:
+        plan = StepPlan()
+        for s in self.running:
+            need = pages_for(s.num_tokens + 1, self.block_size) - len(s.block_table)
+            if need > 0:
+                s.block_table += self.allocator.allocate(need)
+            plan.decode.append(s)
+        budget = self.max_step_tokens - len(plan.decode)
+        spare = self.allocator.num_free - self._future_pages()
+        while self.waiting and len(self.running) < self.max_running:
+            s = self.waiting[0]
+            whole = pages_for(s.max_len, self.block_size)
+            # the first prefill of a step always goes, so a long prompt cannot stall
+            if whole > spare or (plan.prefill and len(s.prompt_ids) > budget):
+                break
+            self.waiting.popleft()
+            s.block_table = self.allocator.allocate(pages_for(len(s.prompt_ids) + 1, self.block_size))
+            spare -= whole
+            budget -= len(s.prompt_ids)
+            self.running.append(s)
+            plan.prefill.append(s)
+        return plan

@@ -1,0 +1,57 @@
+"""One request inside the engine."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Finish(Enum):
+    EOS = 1
+    LENGTH = 2
+    STOP_STRING = 3
+    CANCELLED = 4
+
+
+@dataclass
+class SamplingSpec:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens <= 0:
+            raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    spec: SamplingSpec
+    adapter_id: str | None = None
+    output_ids: list[int] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)
+    num_computed: int = 0          # tokens whose K/V are in the cache
+    finish: Finish | None = None
+    # timings (engine clock, seconds)
+    arrival: float = 0.0
+    ready_at: float | None = None  # adapter resident
+    prefill_ms: float = 0.0
+    first_token_at: float | None = None
+    # per-request state owned by the engine
+    generator: object | None = None
+    stop_checker: object | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def max_len(self) -> int:
+        return len(self.prompt_ids) + self.spec.max_tokens

@@ -1,0 +1,1 @@
+"""Chameleon CPU scheduler service."""

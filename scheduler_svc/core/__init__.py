@@ -1,0 +1,1 @@
+"""Pure scheduling logic: no grpc, no torch, no environment reads; time comes from an injected clock."""
