@@ -1,0 +1,149 @@
+"""The `chameleon` command."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_ADDRESS = os.environ.get("CHAMELEON_ADDRESS", "127.0.0.1:50051")
+
+
+def _generate(a: argparse.Namespace) -> int:
+    from clients.client import ChameleonClient, ChameleonError
+
+    async def go() -> int:
+        async with ChameleonClient(a.address) as c:
+            try:
+                async for chunk in c.generate(a.prompt, adapter=a.adapter, max_tokens=a.max_tokens,
+                                              temperature=a.temperature, top_p=a.top_p, seed=a.seed,
+                                              stop=a.stop, timeout=a.timeout):
+                    print(chunk.text, end="", flush=True)
+                    if chunk.finish_reason:
+                        t = chunk.timings
+                        print(f"\n[{chunk.finish_reason}; {chunk.completion_tokens} tokens; "
+                              f"TTFT {t.get('ttft_ms', 0):.0f} ms = queue {t.get('queue_ms', 0):.0f} + "
+                              f"adapter load {t.get('adapter_load_ms', 0):.0f} + prefill "
+                              f"{t.get('prefill_ms', 0):.0f} ms]", file=sys.stderr)
+            except ChameleonError as e:
+                print(f"\nerror: {e}", file=sys.stderr)
+                return 2
+        return 0
+
+    return asyncio.run(go())
+
+
+def _adapters(a: argparse.Namespace) -> int:
+    from clients.client import ChameleonClient
+
+    async def go() -> None:
+        async with ChameleonClient(a.address) as c:
+            for ad in await c.list_adapters():
+                state = "ok" if ad.valid else f"INVALID: {ad.invalid_reason}"
+                print(f"{ad.adapter_id:<32} r={ad.rank:<4} {ad.size_bytes / 1e6:8.1f} MB  "
+                      f"{','.join(ad.target_modules):<40} {state}")
+
+    asyncio.run(go())
+    return 0
+
+
+def _status(a: argparse.Namespace) -> int:
+    from clients.client import ChameleonClient
+
+    async def go() -> None:
+        async with ChameleonClient(a.address) as c:
+            s = await c.status()
+        print(f"policy {s.policy}: {s.queued} queued, {s.running} running, {s.completed} completed")
+        for w in s.workers:
+            print(f"  {w.worker_id} ({w.address}) {'up' if w.connected else 'DOWN'}: {w.running} running, "
+                  f"{w.free_tokens}/{w.total_tokens} KV tokens free, {len(w.cached_adapters)} adapters cached, "
+                  f"hits {w.cache_hits} misses {w.cache_misses} evictions {w.evictions}")
+        for k in sorted(s.metrics):
+            print(f"  {k} = {s.metrics[k]:g}")
+
+    asyncio.run(go())
+    return 0
+
+
+def _prepare(a: argparse.Namespace) -> int:
+    from clients.assets.demo import prepare_demo
+
+    out = prepare_demo(a.assets, force=a.force, progress=lambda m: print(m, flush=True))
+    for k, v in out.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def _serve(a: argparse.Namespace, rest: list[str]) -> int:
+    if a.service == "store":
+        from adapter_store.main import main
+    elif a.service == "scheduler":
+        from scheduler_svc.main import main
+    else:
+        from gpu_worker.main import main
+    main(rest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="chameleon", description="Many-adapter LLM serving (Chameleon).")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="stream a completion")
+    g.add_argument("prompt")
+    g.add_argument("--adapter", default=None)
+    g.add_argument("--max-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=[])
+    g.add_argument("--timeout", type=float, default=None)
+    g.add_argument("--address", default=DEFAULT_ADDRESS)
+    g.set_defaults(func=_generate)
+
+    for name, fn, help_ in (("adapters", _adapters, "list adapters"),
+                            ("status", _status, "scheduler, worker and cache state")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--address", default=DEFAULT_ADDRESS)
+        p.set_defaults(func=fn)
+
+    s = sub.add_parser("serve", help="run one service (pass its options after the name)")
+    s.add_argument("service", choices=["store", "scheduler", "worker"])
+    s.set_defaults(func=None)
+
+    p = sub.add_parser("prepare-demo", help="build the demo model and adapters (offline)")
+    p.add_argument("--assets", type=Path, default=Path(".assets"))
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_prepare)
+
+    from clients import demo
+    d = sub.add_parser("demo", help="run the whole system locally and measure it")
+    demo.add_arguments(d)
+    d.set_defaults(func=demo.run)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    for name in ("cache", "sched"):
+        try:
+            mod = __import__(f"clients.bench.{name}", fromlist=["run"])
+        except ImportError:
+            continue
+        bp = bsub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
+        mod.add_arguments(bp)
+        bp.set_defaults(func=mod.run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = build_parser()
+    if argv[:1] == ["serve"]:
+        a, rest = ap.parse_known_args(argv)
+        sys.exit(_serve(a, rest))
+    a = ap.parse_args(argv)
+    sys.exit(a.func(a))
+
+
+if __name__ == "__main__":
+    main()

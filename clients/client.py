@@ -1,0 +1,104 @@
+"""Async Python client for the Scheduler API.
+
+    async with ChameleonClient("127.0.0.1:50051") as client:
+        async for chunk in client.generate("Hello", adapter="sql-r16", max_tokens=32):
+            print(chunk.text, end="")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import grpc
+
+from chameleon.server import CHANNEL_OPTIONS
+from chameleon.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+FINISH_NAMES = {common_pb2.FINISH_REASON_EOS: "eos", common_pb2.FINISH_REASON_LENGTH: "length",
+                common_pb2.FINISH_REASON_STOP_STRING: "stop", common_pb2.FINISH_REASON_CANCELLED: "cancelled"}
+
+
+class ChameleonError(Exception):
+    """A request failed; `code` is the gRPC status code, `message` says what to fix."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Chunk:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None      # eos | length | stop | cancelled, on the last chunk
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class ChameleonClient:
+    def __init__(self, address: str):
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
+
+    async def __aenter__(self) -> "ChameleonClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def generate(self, prompt: str, *, adapter: str | None = None, max_tokens: int = 64,
+                       temperature: float = 0.0, top_p: float | None = None,
+                       seed: int | None = None, stop: list[str] | None = None,
+                       request_id: str = "", timeout: float | None = None) -> AsyncIterator[Chunk]:
+        params = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature,
+                                           stop=stop or [])
+        if top_p is not None:
+            params.top_p = top_p
+        if seed is not None:
+            params.seed = seed
+        req = scheduler_pb2.GenerateRequest(prompt=prompt, adapter_id=adapter or "", params=params,
+                                            request_id=request_id)
+        call = self._stub.Generate(req, timeout=timeout)
+        try:
+            async for r in call:
+                timings = {}
+                if r.HasField("timings"):
+                    t = r.timings
+                    timings = {"queue_ms": t.queue_ms, "adapter_load_ms": t.adapter_load_ms,
+                               "prefill_ms": t.prefill_ms, "ttft_ms": t.ttft_ms, "total_ms": t.total_ms}
+                yield Chunk(r.request_id, r.text, list(r.token_ids),
+                            FINISH_NAMES.get(r.finish_reason), r.prompt_tokens,
+                            r.completion_tokens, timings)
+        except grpc.aio.AioRpcError as e:
+            raise ChameleonError(e.code(), e.details() or "") from None
+        finally:
+            call.cancel()  # leaving the loop early cancels the generation server-side
+
+    async def complete(self, prompt: str, **kw) -> tuple[str, list[int], str | None]:
+        """The whole completion: (text, token ids, finish reason)."""
+        text, ids, finish = [], [], None
+        async for c in self.generate(prompt, **kw):
+            text.append(c.text)
+            ids += c.token_ids
+            finish = c.finish_reason or finish
+        return "".join(text), ids, finish
+
+    async def list_adapters(self) -> list[common_pb2.AdapterInfo]:
+        try:
+            r = await self._stub.ListAdapters(common_pb2.ListAdaptersRequest(), timeout=30)
+        except grpc.aio.AioRpcError as e:
+            raise ChameleonError(e.code(), e.details() or "") from None
+        return list(r.adapters)
+
+    async def status(self) -> scheduler_pb2.GetStatusResponse:
+        try:
+            return await self._stub.GetStatus(scheduler_pb2.GetStatusRequest(), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            raise ChameleonError(e.code(), e.details() or "") from None

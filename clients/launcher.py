@@ -1,0 +1,138 @@
+"""Starts the three services as separate local processes on free loopback ports.
+
+Used by `chameleon demo` and the end-to-end tests. Each process is asked for
+port 0 and writes the port it bound to a file, so there is no port race.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    port_file: Path
+    log_path: Path
+    port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class ClusterSpec:
+    model: Path
+    adapters: Path
+    num_workers: int = 1
+    policy: str = "fifo"
+    worker_args: list[str] = field(default_factory=list)
+    scheduler_args: list[str] = field(default_factory=list)
+    startup_timeout_s: float = 180.0
+
+
+class Cluster:
+    def __init__(self, spec: ClusterSpec, workdir: Path | None = None):
+        self.spec = spec
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="chameleon-"))
+        self.procs: list[Proc] = []
+        self.store: Proc | None = None
+        self.workers: list[Proc] = []
+        self.scheduler: Proc | None = None
+
+    def __enter__(self) -> "Cluster":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> str:
+        return self.scheduler.address
+
+    def _spawn(self, name: str, module: str, args: list[str]) -> Proc:
+        port_file = self.dir / f"{name}.port"
+        log_path = self.dir / f"{name}.log"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        cmd = [sys.executable, "-m", module, "--port", "0", "--port-file", str(port_file), *args]
+        popen = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env)
+        p = Proc(name, popen, port_file, log_path)
+        self.procs.append(p)
+        return p
+
+    def _wait_ready(self, p: Proc) -> None:
+        deadline = time.monotonic() + self.spec.startup_timeout_s
+        while not p.port_file.exists():
+            if p.popen.poll() is not None:
+                raise RuntimeError(f"{p.name} exited with {p.popen.returncode}:\n{p.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{p.name} did not start in time:\n{p.log_tail()}")
+            time.sleep(0.05)
+        p.port = int(p.port_file.read_text())
+        with grpc.insecure_channel(p.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while True:
+                try:
+                    r = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    if r.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{p.name} not healthy in time:\n{p.log_tail()}")
+                time.sleep(0.1)
+
+    def start(self) -> None:
+        s = self.spec
+        self.store = self._spawn("store", "adapter_store.main",
+                                 ["--adapters", str(s.adapters), "--base-model", str(s.model)])
+        self._wait_ready(self.store)
+        for i in range(s.num_workers):
+            w = self._spawn(f"worker{i}", "gpu_worker.main",
+                            ["--model", str(s.model), "--store", self.store.address,
+                             "--worker-id", f"worker{i}", *s.worker_args])
+            self.workers.append(w)
+        for w in self.workers:
+            self._wait_ready(w)
+        args = ["--store", self.store.address, "--policy", s.policy, *s.scheduler_args]
+        for w in self.workers:
+            args += ["--worker", w.address]
+        self.scheduler = self._spawn("scheduler", "scheduler_svc.main", args)
+        self._wait_ready(self.scheduler)
+
+    def stop(self, timeout_s: float = 20.0) -> dict[str, int | None]:
+        """SIGTERM everything (scheduler first, so it drains), then wait; kill stragglers."""
+        for p in reversed(self.procs):
+            if p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        codes: dict[str, int | None] = {}
+        for p in reversed(self.procs):
+            try:
+                codes[p.name] = p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                codes[p.name] = None
+        return codes

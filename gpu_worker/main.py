@@ -1,0 +1,149 @@
+"""Worker process: load the model, size the KV cache, serve the Worker API."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("gpu_worker")
+
+
+@dataclass
+class WorkerConfig:
+    model: Path
+    store: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    port_file: str | None = None
+    worker_id: str = ""
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"                    # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    block_size: int = 16
+    kv_memory_bytes: int = 256 * 1024 * 1024   # CPU budget for the KV pool
+    gpu_memory_fraction: float = 0.8       # CUDA: fraction of free memory for the pool
+    max_running: int = 32
+    max_context: int = 2048
+    adapter_capacity: int = 16             # resident adapters (until the unified pool)
+    staging_dir: Path | None = None
+    grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.model = Path(self.model)
+        if not (self.model / "config.json").exists():
+            raise ValueError(f"--model {self.model}: no config.json there (run `chameleon prepare-demo`?)")
+        if self.block_size <= 0 or self.max_running <= 0 or self.max_context <= 1:
+            raise ValueError("block_size and max_running must be positive, max_context > 1")
+        if self.kv_memory_bytes <= 0:
+            raise ValueError("kv_memory_bytes must be positive")
+        if not 0 < self.gpu_memory_fraction < 1:
+            raise ValueError("gpu_memory_fraction must be in (0, 1)")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"unknown dtype {self.dtype!r}")
+        if self.adapter_capacity < 0:
+            raise ValueError("adapter_capacity must be >= 0")
+        self.worker_id = self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    d = WorkerConfig.__dataclass_fields__
+    ap.add_argument("--model", required=True, help="Hugging Face Llama model folder")
+    ap.add_argument("--store", required=True, help="adapter store address host:port")
+    ap.add_argument("--host", default=d["host"].default)
+    ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    ap.add_argument("--port-file", help="write the bound port here once serving")
+    ap.add_argument("--worker-id", default="")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--block-size", type=int, default=d["block_size"].default)
+    ap.add_argument("--kv-memory-bytes", type=int, default=d["kv_memory_bytes"].default)
+    ap.add_argument("--gpu-memory-fraction", type=float, default=d["gpu_memory_fraction"].default)
+    ap.add_argument("--max-running", type=int, default=d["max_running"].default)
+    ap.add_argument("--max-context", type=int, default=d["max_context"].default)
+    ap.add_argument("--adapter-capacity", type=int, default=d["adapter_capacity"].default)
+    ap.add_argument("--staging-dir", type=Path)
+    ap.add_argument("--grace-s", type=float, default=d["grace_s"].default)
+
+
+def config_from_args(a: argparse.Namespace) -> WorkerConfig:
+    return WorkerConfig(model=a.model, store=a.store, host=a.host, port=a.port,
+                        port_file=a.port_file, worker_id=a.worker_id, device=a.device,
+                        dtype=a.dtype, block_size=a.block_size, kv_memory_bytes=a.kv_memory_bytes,
+                        gpu_memory_fraction=a.gpu_memory_fraction, max_running=a.max_running,
+                        max_context=a.max_context, adapter_capacity=a.adapter_capacity,
+                        staging_dir=a.staging_dir, grace_s=a.grace_s)
+
+
+async def serve(cfg: WorkerConfig) -> None:
+    import torch
+    from tokenizers import Tokenizer
+
+    from chameleon.server import Server
+    from chameleon.v1 import worker_pb2
+    from gpu_worker.adapter_fetcher import AdapterFetcher
+    from gpu_worker.core.engine import Engine, EngineConfig
+    from gpu_worker.core.model import LlamaModel
+    from gpu_worker.service import WorkerService
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.dtype == "auto":
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        dtype = getattr(torch, cfg.dtype)
+    model = LlamaModel.load(cfg.model, device=torch.device(device), dtype=dtype)
+    mc = model.config
+    max_context = min(cfg.max_context, mc.max_position_embeddings)
+    elem = torch.tensor([], dtype=dtype).element_size()
+    page_bytes = 2 * mc.num_layers * cfg.block_size * mc.num_kv_heads * mc.head_dim * elem
+    budget = cfg.kv_memory_bytes
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info()
+        budget = int(free * cfg.gpu_memory_fraction)
+    num_blocks = max(budget // page_bytes, -(-max_context // cfg.block_size))
+    engine = Engine(model, Tokenizer.from_file(str(cfg.model / "tokenizer.json")),
+                    EngineConfig(block_size=cfg.block_size, num_blocks=int(num_blocks),
+                                 max_running=cfg.max_running,
+                                 max_step_tokens=max(2048, max_context), max_context=max_context))
+    info = worker_pb2.WorkerInfo(
+        worker_id=cfg.worker_id, model_name=cfg.model.name, max_context=max_context,
+        vocab_size=mc.vocab_size, block_size=cfg.block_size, total_pages=int(num_blocks),
+        max_running=cfg.max_running, tokenizer_json=(cfg.model / "tokenizer.json").read_bytes(),
+        eos_token_ids=list(mc.eos_token_ids), device=device, page_bytes=page_bytes,
+        cache_policy="resident-lru")
+    staging = cfg.staging_dir or Path(tempfile.mkdtemp(prefix="chameleon-staging-"))
+    fetcher = AdapterFetcher(cfg.store, staging)
+    service = WorkerService(engine, fetcher, info, cfg.adapter_capacity)
+    server = Server(cfg.host, cfg.port, ["chameleon.v1.Worker"])
+    from chameleon.v1 import worker_pb2_grpc
+    worker_pb2_grpc.add_WorkerServicer_to_server(service, server.server)
+    service.start()
+    log.info("worker %s: %s on %s (%s), %d KV pages of %d tokens", cfg.worker_id, cfg.model.name,
+             device, dtype, num_blocks, cfg.block_size)
+    try:
+        await server.run(port_file=cfg.port_file, grace_s=cfg.grace_s, drain=service.drain)
+    finally:
+        service.thread.stop()
+        await fetcher.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from chameleon.server import setup_logging
+
+    ap = argparse.ArgumentParser(prog="chameleon serve worker", description=__doc__)
+    add_arguments(ap)
+    ap.add_argument("--log-level", default="INFO")
+    a = ap.parse_args(argv)
+    setup_logging(a.log_level)
+    try:
+        cfg = config_from_args(a)
+    except ValueError as e:
+        ap.error(str(e))
+    asyncio.run(serve(cfg))
+
+
+if __name__ == "__main__":
+    main()

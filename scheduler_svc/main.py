@@ -1,0 +1,97 @@
+"""Scheduler process: the client-facing API in front of one or more workers."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger("scheduler_svc")
+
+POLICIES = ("fifo",)
+
+
+@dataclass
+class SchedulerConfig:
+    store: str
+    workers: list[str] = field(default_factory=list)
+    policy: str = "fifo"
+    host: str = "127.0.0.1"
+    port: int = 0
+    port_file: str | None = None
+    grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.workers:
+            raise ValueError("give at least one --worker host:port")
+        for a in [self.store, *self.workers]:
+            if ":" not in a:
+                raise ValueError(f"address {a!r} must be host:port")
+        if self.policy not in available_policies():
+            raise ValueError(f"--policy {self.policy!r}: choose one of {', '.join(available_policies())}")
+
+
+def available_policies() -> tuple[str, ...]:
+    try:
+        from scheduler_svc.core.policies import POLICY_NAMES
+        return tuple(POLICY_NAMES)
+    except ImportError:
+        return POLICIES
+
+
+def make_policy(name: str, clock):
+    try:
+        from scheduler_svc.core.policies import make_policy as factory
+    except ImportError:
+        from scheduler_svc.core.fifo import FifoPolicy
+        return FifoPolicy(clock)
+    return factory(name, clock)
+
+
+async def serve(cfg: SchedulerConfig) -> None:
+    import time
+
+    from chameleon.server import Server
+    from chameleon.v1 import scheduler_pb2_grpc
+    from scheduler_svc.service import SchedulerService
+
+    service = SchedulerService(make_policy(cfg.policy, time.monotonic), cfg.store, cfg.workers)
+    server = Server(cfg.host, cfg.port, ["chameleon.v1.Scheduler"])
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server.server)
+    await service.start()
+    log.info("scheduler: policy %s, workers %s, store %s", cfg.policy, cfg.workers, cfg.store)
+    try:
+        await server.run(port_file=cfg.port_file, grace_s=cfg.grace_s, drain=service.drain)
+    finally:
+        await service.stop()
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--store", required=True, help="adapter store address host:port")
+    ap.add_argument("--worker", action="append", dest="workers", default=[],
+                    help="worker address host:port (repeat for several workers)")
+    ap.add_argument("--policy", "--sched-policy", dest="policy", default="fifo")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    ap.add_argument("--port-file")
+    ap.add_argument("--grace-s", type=float, default=30.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from chameleon.server import setup_logging
+
+    ap = argparse.ArgumentParser(prog="chameleon serve scheduler", description=__doc__)
+    add_arguments(ap)
+    ap.add_argument("--log-level", default="INFO")
+    a = ap.parse_args(argv)
+    setup_logging(a.log_level)
+    try:
+        cfg = SchedulerConfig(store=a.store, workers=a.workers, policy=a.policy, host=a.host,
+                              port=a.port, port_file=a.port_file, grace_s=a.grace_s)
+    except ValueError as e:
+        ap.error(str(e))
+    asyncio.run(serve(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Scheduler gRPC servicer: validates requests, queues them in the admission
+policy, dispatches admissions over the workers' streams and relays tokens."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+
+from chameleon.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, store_pb2, store_pb2_grpc, worker_pb2
+from scheduler_svc.core.types import AdmissionPolicy, PendingRequest
+from scheduler_svc.worker_link import WorkerLink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Live:
+    pending: PendingRequest
+    admit: worker_pb2.Admit
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    worker: WorkerLink | None = None
+    admitted_at: float | None = None
+    sent_tokens: int = 0     # tokens already streamed to the client
+    seen_tokens: int = 0     # tokens seen from the current attempt (re-runs replay a prefix)
+    done: bool = False
+    first_ttft: float = 0.0
+
+
+class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, policy: AdmissionPolicy, store_address: str, worker_addresses: list[str],
+                 clock=time.monotonic, worker_wait_s: float = 30.0):
+        from chameleon.server import CHANNEL_OPTIONS
+
+        self.policy = policy
+        self.clock = clock
+        self.worker_wait_s = worker_wait_s
+        self._store_channel = grpc.aio.insecure_channel(store_address, options=CHANNEL_OPTIONS)
+        self.store = store_pb2_grpc.AdapterStoreStub(self._store_channel)
+        self.links = [WorkerLink(a, self._on_worker_event, self._on_worker_down)
+                      for a in worker_addresses]
+        self._live: dict[str, _Live] = {}
+        self._kick = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self.completed = 0
+
+    async def start(self) -> None:
+        for link in self.links:
+            link.start()
+        self._loop_task = asyncio.create_task(self._schedule_loop())
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        for link in self.links:
+            await link.stop()
+        await self._store_channel.close()
+
+    async def drain(self) -> None:
+        while self._live:
+            await asyncio.sleep(0.05)
+
+    # -- helpers --------------------------------------------------------------
+    async def _any_worker(self, context) -> WorkerLink:
+        ready = [l for l in self.links if l.view.connected]
+        if ready:
+            return ready[0]
+        waits = [asyncio.create_task(l.connected.wait()) for l in self.links]
+        done, pending = await asyncio.wait(waits, timeout=self.worker_wait_s,
+                                           return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        ready = [l for l in self.links if l.view.connected]
+        if not ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no worker is connected; retry later")
+        return ready[0]
+
+    async def _adapter_info(self, adapter_id: str, context) -> common_pb2.AdapterInfo:
+        try:
+            return await self.store.StatAdapter(store_pb2.StatAdapterRequest(adapter_id=adapter_id),
+                                                timeout=10)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                await context.abort(e.code(), e.details())
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"adapter store: {e.details()}")
+
+    async def _validate(self, request, context) -> tuple[worker_pb2.Admit, PendingRequest]:
+        p = request.params
+        bad = None
+        if not request.prompt:
+            bad = "prompt must not be empty"
+        elif p.max_tokens <= 0:
+            bad = f"params.max_tokens must be > 0, got {p.max_tokens}"
+        elif p.HasField("top_p") and not 0 < p.top_p <= 1:
+            bad = f"params.top_p must be in (0, 1], got {p.top_p}"
+        elif p.temperature < 0:
+            bad = f"params.temperature must be >= 0, got {p.temperature}"
+        elif len(request.request_id) > 128:
+            bad = "request_id must be at most 128 characters"
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
+        rid = request.request_id or uuid.uuid4().hex
+        if rid in self._live:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request id {rid!r} is already running")
+        adapter_bytes = rank = 0
+        if request.adapter_id:
+            info = await self._adapter_info(request.adapter_id, context)
+            if not info.valid:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"adapter {request.adapter_id!r} does not fit the base model: "
+                                    f"{info.invalid_reason}")
+            adapter_bytes, rank = info.size_bytes, info.rank
+        link = await self._any_worker(context)
+        ids = link.tokenizer.encode(request.prompt, add_special_tokens=False).ids
+        ctx = link.info.max_context
+        if not ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "prompt encodes to zero tokens")
+        if len(ids) >= ctx:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"prompt is {len(ids)} tokens; the model's context is {ctx} tokens, "
+                                f"so the prompt must be at most {ctx - 1}")
+        params = common_pb2.SamplingParams()
+        params.CopyFrom(p)
+        params.max_tokens = min(p.max_tokens, ctx - len(ids))
+        admit = worker_pb2.Admit(request_id=rid, prompt_token_ids=ids, adapter_id=request.adapter_id,
+                                 params=params)
+        pending = PendingRequest(request_id=rid, adapter_id=request.adapter_id or None,
+                                 input_tokens=len(ids), max_tokens=params.max_tokens,
+                                 adapter_bytes=adapter_bytes, adapter_rank=rank, arrival=self.clock())
+        return admit, pending
+
+    # -- rpc ------------------------------------------------------------------
+    async def Generate(self, request, context):
+        admit, pending = await self._validate(request, context)
+        live = _Live(pending, admit)
+        rid = pending.request_id
+        self._live[rid] = live
+        self.policy.enqueue(pending)
+        self._kick.set()
+        first = True
+        try:
+            while True:
+                kind, payload = await live.events.get()
+                if kind == "error":
+                    code, msg = payload
+                    await context.abort(code, msg)
+                now = self.clock()
+                timings = None
+                if first or kind == "done":
+                    queue_ms = ((live.admitted_at or now) - pending.arrival) * 1000.0
+                    timings = common_pb2.Timings(
+                        queue_ms=queue_ms, ttft_ms=(now - pending.arrival) * 1000.0,
+                        adapter_load_ms=payload.timings.adapter_load_ms,
+                        prefill_ms=payload.timings.prefill_ms)
+                    if kind == "done":
+                        timings.total_ms = (now - pending.arrival) * 1000.0
+                        timings.ttft_ms = live.first_ttft if not first else timings.ttft_ms
+                    else:
+                        live.first_ttft = timings.ttft_ms
+                if kind == "token":
+                    first = False
+                    yield scheduler_pb2.GenerateResponse(
+                        request_id=rid, text=payload.text, token_ids=payload.token_ids,
+                        timings=timings, prompt_tokens=pending.input_tokens,
+                        completion_tokens=live.sent_tokens)
+                else:
+                    yield scheduler_pb2.GenerateResponse(
+                        request_id=rid, text=payload.text, finish_reason=payload.finish_reason,
+                        timings=timings, prompt_tokens=pending.input_tokens,
+                        completion_tokens=live.sent_tokens)
+                    return
+        finally:
+            self._release(live, cancel=not live.done)
+
+    async def ListAdapters(self, request, context):
+        try:
+            return await self.store.ListAdapters(common_pb2.ListAdaptersRequest(), timeout=30)
+        except grpc.aio.AioRpcError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"adapter store: {e.details()}")
+
+    async def GetStatus(self, request, context):
+        workers = []
+        for l in self.links:
+            v, st = l.refresh_view(), l.state or worker_pb2.WorkerState()
+            workers.append(scheduler_pb2.WorkerStatus(
+                worker_id=v.worker_id, address=l.address, connected=v.connected, running=v.running,
+                total_tokens=v.total_tokens, free_tokens=v.free_tokens, free_pages=st.free_pages,
+                evictable_pages=st.evictable_pages, cached_adapters=sorted(v.cached_adapters),
+                cache_hits=st.cache_hits, cache_misses=st.cache_misses, evictions=st.evictions,
+                bytes_loaded=st.bytes_loaded))
+        metrics = {}
+        if hasattr(self.policy, "metrics"):
+            metrics = {k: float(v) for k, v in self.policy.metrics().items()
+                       if isinstance(v, (int, float))}
+        return scheduler_pb2.GetStatusResponse(
+            policy=self.policy.name, queued=self.policy.queued(),
+            running=sum(len(l.reserved) for l in self.links), workers=workers, metrics=metrics,
+            completed=self.completed)
+
+    # -- scheduling -----------------------------------------------------------
+    async def _schedule_loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            links = {l.view.worker_id: l for l in self.links if l.view.connected}
+            if not links or not self.policy.queued():
+                continue
+            for adm in self.policy.schedule([l.refresh_view() for l in links.values()]):
+                self._dispatch(adm.request.request_id, links[adm.worker_id])
+            for rid in getattr(self.policy, "squashes", lambda: [])():
+                self._requeue(rid)
+
+    def _dispatch(self, rid: str, link: WorkerLink) -> None:
+        live = self._live.get(rid)
+        if live is None or live.done:
+            return
+        live.worker = link
+        live.admitted_at = live.admitted_at or self.clock()
+        live.seen_tokens = 0
+        link.reserved[rid] = live.pending.reserved_tokens
+        if not link.send(worker_pb2.WorkerCommand(admit=live.admit)):
+            self._requeue(rid)
+
+    def _requeue(self, rid: str) -> None:
+        """Run a request again (its worker was lost or it was squashed); the client's
+        stream continues where it stopped because the replayed prefix is skipped."""
+        live = self._live.get(rid)
+        if live is None or live.done:
+            return
+        if live.worker is not None:
+            live.worker.reserved.pop(rid, None)
+            live.worker.send(worker_pb2.WorkerCommand(cancel=worker_pb2.Cancel(request_id=rid)))
+            live.worker = None
+        live.pending.attempts += 1
+        requeue = getattr(self.policy, "requeue", self.policy.enqueue)
+        requeue(live.pending)
+        self._kick.set()
+
+    def _release(self, live: _Live, cancel: bool) -> None:
+        rid = live.pending.request_id
+        if self._live.pop(rid, None) is None:
+            return
+        live.done = True
+        if live.worker is None:
+            self.policy.cancel(rid)
+        else:
+            live.worker.reserved.pop(rid, None)
+            if cancel:
+                live.worker.send(worker_pb2.WorkerCommand(cancel=worker_pb2.Cancel(request_id=rid)))
+            self.policy.on_finish(live.pending, live.sent_tokens)
+        self.completed += 0 if cancel else 1
+        self._kick.set()
+
+    def _on_worker_event(self, link: WorkerLink, ev: worker_pb2.WorkerEvent) -> None:
+        kind = ev.WhichOneof("kind")
+        if kind == "state":
+            self._kick.set()
+            return
+        msg = getattr(ev, kind)
+        live = self._live.get(msg.request_id)
+        if live is None or live.worker is not link:
+            return
+        if kind == "token":
+            # a re-run replays tokens the client already has: drop that prefix
+            new = list(msg.token_ids)
+            skip = max(0, min(len(new), live.sent_tokens - live.seen_tokens))
+            live.seen_tokens += len(new)
+            if skip and skip == len(new) and live.sent_tokens > 0:
+                return
+            live.sent_tokens += len(new) - skip
+            live.events.put_nowait(("token", msg))
+        elif kind == "completion":
+            live.done = True
+            live.events.put_nowait(("done", msg))
+        elif kind == "error":
+            live.done = True
+            live.events.put_nowait(("error", (grpc.StatusCode[_code_name(msg.code)], msg.message)))
+
+    def _on_worker_down(self, link: WorkerLink) -> None:
+        for rid in list(link.reserved):
+            log.warning("re-queueing %s: worker %s went away", rid, link.address)
+            self._requeue(rid)
+        link.reserved.clear()
+
+
+def _code_name(value: int) -> str:
+    for c in grpc.StatusCode:
+        if c.value[0] == value:
+            return c.name
+    return "UNKNOWN"
