@@ -55,7 +55,11 @@ async def serve(cfg: SchedulerConfig) -> None:
     from chameleon.v1 import scheduler_pb2_grpc
     from scheduler_svc.service import SchedulerService
 
-    service = SchedulerService(make_policy(cfg.policy, time.monotonic), cfg.store, cfg.workers)
+    from chameleon.tracing import setup_tracing, shutdown_tracing
+
+    tracer = setup_tracing("chameleon-scheduler")
+    service = SchedulerService(make_policy(cfg.policy, time.monotonic), cfg.store, cfg.workers,
+                               tracer=tracer)
     server = Server(cfg.host, cfg.port, ["chameleon.v1.Scheduler"])
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server.server)
     await service.start()
@@ -64,6 +68,7 @@ async def serve(cfg: SchedulerConfig) -> None:
         await server.run(port_file=cfg.port_file, grace_s=cfg.grace_s, drain=service.drain)
     finally:
         await service.stop()
+        shutdown_tracing()
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:

@@ -28,12 +28,15 @@ class _Live:
     seen_tokens: int = 0     # tokens seen from the current attempt (re-runs replay a prefix)
     done: bool = False
     first_ttft: float = 0.0
+    first_token_at: float | None = None
 
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, policy: AdmissionPolicy, store_address: str, worker_addresses: list[str],
-                 clock=time.monotonic, worker_wait_s: float = 30.0):
+                 clock=time.monotonic, worker_wait_s: float = 30.0, tracer=None):
         from chameleon.server import CHANNEL_OPTIONS
+
+        self.tracer = tracer
 
         self.policy = policy
         self.clock = clock
@@ -161,12 +164,15 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                     else:
                         live.first_ttft = timings.ttft_ms
                 if kind == "token":
+                    if first:
+                        live.first_token_at = now
                     first = False
                     yield scheduler_pb2.GenerateResponse(
                         request_id=rid, text=payload.text, token_ids=payload.token_ids,
                         timings=timings, prompt_tokens=pending.input_tokens,
                         completion_tokens=live.sent_tokens)
                 else:
+                    self._trace(live, payload, now)
                     yield scheduler_pb2.GenerateResponse(
                         request_id=rid, text=payload.text, finish_reason=payload.finish_reason,
                         timings=timings, prompt_tokens=pending.input_tokens,
@@ -174,6 +180,19 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                     return
         finally:
             self._release(live, cancel=not live.done)
+
+    def _trace(self, live: _Live, done: worker_pb2.Completion, now: float) -> None:
+        if self.tracer is None:
+            return
+        from chameleon.tracing import record_request
+
+        p = live.pending
+        record_request(self.tracer, request_id=p.request_id, adapter_id=p.adapter_id,
+                       arrival=p.arrival, admitted=live.admitted_at,
+                       adapter_load_ms=done.timings.adapter_load_ms, prefill_ms=done.timings.prefill_ms,
+                       first_token=live.first_token_at, finished=now, clock_now=self.clock(),
+                       prompt_tokens=p.input_tokens, completion_tokens=live.sent_tokens,
+                       finish=common_pb2.FinishReason.Name(done.finish_reason))
 
     async def ListAdapters(self, request, context):
         try:
