@@ -46,6 +46,7 @@ class ClusterSpec:
     worker_args: list[str] = field(default_factory=list)
     scheduler_args: list[str] = field(default_factory=list)
     startup_timeout_s: float = 180.0
+    env: dict[str, str] = field(default_factory=dict)   # extra environment for every service
 
 
 class Cluster:
@@ -75,7 +76,7 @@ class Cluster:
     def _spawn(self, name: str, module: str, args: list[str]) -> Proc:
         port_file = self.dir / f"{name}.port"
         log_path = self.dir / f"{name}.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.spec.env)
         cmd = [sys.executable, "-m", module, "--port", "0", "--port-file", str(port_file), *args]
         popen = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env)
         p = Proc(name, popen, port_file, log_path)
