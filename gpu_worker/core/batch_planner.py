@@ -62,7 +62,8 @@ class BatchPlanner:
     def plan(self) -> StepPlan:
         plan = StepPlan()
         for s in self.running:
-            need = pages_for(s.num_tokens + 1, self.block_size) - len(s.block_table)
+            # this step writes the newest token's K/V at position num_tokens - 1
+            need = pages_for(s.num_tokens, self.block_size) - len(s.block_table)
             if need > 0:
                 s.block_table += self.allocator.allocate(need)
             plan.decode.append(s)
@@ -75,7 +76,7 @@ class BatchPlanner:
             if whole > spare or (plan.prefill and len(s.prompt_ids) > budget):
                 break
             self.waiting.popleft()
-            s.block_table = self.allocator.allocate(pages_for(len(s.prompt_ids) + 1, self.block_size))
+            s.block_table = self.allocator.allocate(pages_for(len(s.prompt_ids), self.block_size))
             spare -= whole
             budget -= len(s.prompt_ids)
             self.running.append(s)

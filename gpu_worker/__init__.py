@@ -1,0 +1,1 @@
+"""GPU worker service: model, paged KV cache, unified memory pool, adapter cache and engine loop."""

@@ -1,0 +1,1 @@
+"""Pure-Python and torch domain logic of the GPU worker (no gRPC)."""
