@@ -1,18 +1,27 @@
 """Which sequences run in the next engine step (the worker-local scheduler).
 
-Running sequences decode one token each; waiting sequences (adapter ready)
+Running sequences decode one token each; ready sequences (adapter resident)
 are prefilled in arrival order while the step's token budget and the KV
 pages allow. Prefill and decode share the step (continuous batching).
-Pages are allocated lazily, but a sequence is only started when the pages
-its whole reservation (prompt + max_tokens) may still need are free, so a
-decode never runs out of pages and nothing has to be preempted.
+Pages are allocated lazily, but a sequence only starts when the pages its
+whole reservation (prompt + max_tokens) may still need are available, so a
+decode never runs out of pages and nothing is preempted. "Available" counts
+free pages and pages of idle cached adapters, which the cache manager evicts
+on demand.
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .sequence import Sequence
+
+
+class KvPages(Protocol):
+    def allocate_kv(self, owner: str, n: int) -> list[int] | None: ...
+    def free_kv(self, owner: str) -> int: ...
+    def kv_available_pages(self) -> int: ...
 
 
 def pages_for(tokens: int, block_size: int) -> int:
@@ -33,10 +42,10 @@ class StepPlan:
 
 
 class BatchPlanner:
-    def __init__(self, allocator, block_size: int, max_running: int, max_step_tokens: int):
-        if max_running <= 0 or max_step_tokens <= 0:
-            raise ValueError("max_running and max_step_tokens must be positive")
-        self.allocator = allocator
+    def __init__(self, kv: KvPages, block_size: int, max_running: int, max_step_tokens: int):
+        if max_running <= 0 or max_step_tokens <= 0 or block_size <= 0:
+            raise ValueError("block_size, max_running and max_step_tokens must be positive")
+        self.kv = kv
         self.block_size = block_size
         self.max_running = max_running
         self.max_step_tokens = max_step_tokens
@@ -52,23 +61,29 @@ class BatchPlanner:
         elif seq in self.waiting:
             self.waiting.remove(seq)
         if seq.block_table:
-            self.allocator.free(seq.block_table)
+            self.kv.free_kv(seq.request_id)
             seq.block_table = []
+
+    def _grow(self, seq: Sequence, tokens: int) -> None:
+        need = pages_for(tokens, self.block_size) - len(seq.block_table)
+        if need > 0:
+            pages = self.kv.allocate_kv(seq.request_id, need)
+            if pages is None:  # admission keeps room for every reservation, so this is a bug
+                raise MemoryError(f"no KV page for running request {seq.request_id}")
+            seq.block_table += pages
 
     def _future_pages(self) -> int:
         """Pages running sequences may still allocate before they finish."""
-        return sum(pages_for(s.max_len, self.block_size) - len(s.block_table) for s in self.running)
+        return sum(max(0, pages_for(s.max_len, self.block_size) - len(s.block_table))
+                   for s in self.running)
 
     def plan(self) -> StepPlan:
         plan = StepPlan()
         for s in self.running:
-            # this step writes the newest token's K/V at position num_tokens - 1
-            need = pages_for(s.num_tokens, self.block_size) - len(s.block_table)
-            if need > 0:
-                s.block_table += self.allocator.allocate(need)
+            self._grow(s, s.num_tokens)  # this step writes K/V at position num_tokens - 1
             plan.decode.append(s)
         budget = self.max_step_tokens - len(plan.decode)
-        spare = self.allocator.num_free - self._future_pages()
+        spare = self.kv.kv_available_pages() - self._future_pages()
         while self.waiting and len(self.running) < self.max_running:
             s = self.waiting[0]
             whole = pages_for(s.max_len, self.block_size)
@@ -76,7 +91,7 @@ class BatchPlanner:
             if whole > spare or (plan.prefill and len(s.prompt_ids) > budget):
                 break
             self.waiting.popleft()
-            s.block_table = self.allocator.allocate(pages_for(len(s.prompt_ids), self.block_size))
+            self._grow(s, len(s.prompt_ids))
             spare -= whole
             budget -= len(s.prompt_ids)
             self.running.append(s)

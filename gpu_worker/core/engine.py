@@ -1,23 +1,26 @@
 """The engine loop: one step = plan the batch, run the model, post-process.
 
-Single-threaded by design; the worker service drives it from one thread and
-feeds it sequences whose adapters are already resident.
+Single-threaded by design: the worker service drives it from one thread.
+Requests whose adapter is not resident wait in the worker memory until the
+service hands over the adapter's weights (`install`).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from .batch_planner import BatchPlanner, StepPlan
 from .detokenizer import StopChecker
-from .kv_cache import BlockAllocator, PagedKVCache
-from .lora import LoraAdapter, LoraBatch
+from .kv_cache import PagedKVCache
+from .memory.policy import CacheConfig
 from .model import ForwardBatch, LlamaModel
 from .sampling import sample
 from .sequence import Finish, Sequence
+from .unified_pool import PooledLoraBatch, StagedAdapter, UnifiedPool
+from .worker_memory import MemoryEvents, WorkerMemory
 
 
 @dataclass
@@ -27,6 +30,7 @@ class EngineConfig:
     max_running: int = 32
     max_step_tokens: int = 2048
     max_context: int = 2048
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_running", "max_step_tokens", "max_context"):
@@ -47,25 +51,23 @@ class EngineEvent:
 
 class Engine:
     def __init__(self, model: LlamaModel, tokenizer, cfg: EngineConfig,
-                 get_adapter: Callable[[str], LoraAdapter] | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 on_finish: Callable[[Sequence], None] | None = None):
+                 clock: Callable[[], float] = time.monotonic):
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.clock = clock
-        self.get_adapter = get_adapter
-        self.on_finish = on_finish
         self.eos_ids = set(model.config.eos_token_ids)
-        self.allocator = BlockAllocator(cfg.num_blocks)
-        self.kv = PagedKVCache(model.config, cfg.num_blocks, cfg.block_size,
-                               device=model.device, dtype=model.dtype)
-        self.planner = BatchPlanner(self.allocator, cfg.block_size, cfg.max_running,
-                                    cfg.max_step_tokens)
+        self.pool = UnifiedPool(model.config, cfg.num_blocks, cfg.block_size, model.device, model.dtype)
+        copy_stream = torch.cuda.Stream() if model.device.type == "cuda" else None
+        self.memory = WorkerMemory(self.pool, cfg.cache, clock, copy_stream)
+        self.kv = PagedKVCache(model.config, cfg.num_blocks, cfg.block_size, device=model.device,
+                               dtype=model.dtype, storage=self.pool.storage)
+        self.planner = BatchPlanner(self.memory, cfg.block_size, cfg.max_running, cfg.max_step_tokens)
         self._by_id: dict[str, Sequence] = {}
 
     # -- requests ---------------------------------------------------------
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: Sequence) -> list[str]:
+        """Queue a request; returns adapter ids the caller must fetch and `install`."""
         if not seq.prompt_ids:
             raise ValueError("prompt must not be empty")
         if len(seq.prompt_ids) >= self.cfg.max_context:
@@ -77,7 +79,23 @@ class Engine:
             seq.generator = torch.Generator(device=self.model.device).manual_seed(seq.spec.seed)
         seq.stop_checker = StopChecker(self.tokenizer, seq.spec.stop)
         self._by_id[seq.request_id] = seq
-        self.planner.add(seq)
+        return self._take(self.memory.admit(seq))
+
+    def install(self, staged: StagedAdapter) -> None:
+        """An adapter's weights arrived; its waiting requests become runnable once it fits."""
+        self._take(self.memory.staged(staged))
+
+    def adapter_failed(self, adapter_id: str) -> list[Sequence]:
+        """The adapter could not be fetched: drop (and return) the requests waiting for it."""
+        seqs = self.memory.fetch_failed(adapter_id)
+        for s in seqs:
+            self._by_id.pop(s.request_id, None)
+        return seqs
+
+    def _take(self, ev: MemoryEvents) -> list[str]:
+        for s in ev.ready:
+            self.planner.add(s)
+        return ev.need_fetch
 
     def abort(self, request_id: str) -> Sequence | None:
         seq = self._by_id.get(request_id)
@@ -90,13 +108,16 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.planner.running or self.planner.waiting)
 
+    def idle(self) -> bool:
+        return not self._by_id
+
     @property
     def num_running(self) -> int:
         return len(self.planner.running)
 
     @property
     def num_waiting(self) -> int:
-        return len(self.planner.waiting)
+        return len(self.planner.waiting) + len(self.memory.parked())
 
     # -- the loop ---------------------------------------------------------
     def step(self) -> list[EngineEvent]:
@@ -121,15 +142,15 @@ class Engine:
             qlens.append(len(toks))
             clens.append(start + len(toks))
             tables.append(s.block_table)
-            adapters.append(self.get_adapter(s.adapter_id) if s.adapter_id and self.get_adapter
-                            else None)
+            adapters.append(self.memory.get(s.adapter_id) if s.adapter_id else None)
         dev = self.model.device
         batch = ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
             positions=torch.tensor(pos, dtype=torch.long, device=dev),
             query_lens=qlens, context_lens=clens, block_tables=tables,
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev))
-        lora = LoraBatch(adapters, qlens) if any(a is not None for a in adapters) else None
+        lora = (PooledLoraBatch(self.pool, adapters, qlens) if any(a is not None for a in adapters)
+                else None)
         t0 = self.clock()
         logits = self.model.forward(batch, self.kv, lora)
         elapsed_ms = (self.clock() - t0) * 1000.0
@@ -170,5 +191,5 @@ class Engine:
     def _retire(self, seq: Sequence) -> None:
         self.planner.remove(seq)
         self._by_id.pop(seq.request_id, None)
-        if self.on_finish is not None:
-            self.on_finish(seq)
+        self.memory.release(seq)
+        self._take(self.memory.retry())  # freed pages may let a waiting adapter in

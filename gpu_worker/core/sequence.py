@@ -43,6 +43,7 @@ class Sequence:
     arrival: float = 0.0
     ready_at: float | None = None  # adapter resident
     prefill_ms: float = 0.0
+    adapter_wait_s: float = 0.0    # adapter load time on this request's critical path
     first_token_at: float | None = None
     # per-request state owned by the engine
     generator: object | None = None

@@ -1,8 +1,13 @@
 import pytest
 
 from gpu_worker.core.batch_planner import BatchPlanner, pages_for
-from gpu_worker.core.kv_cache import BlockAllocator
+from gpu_worker.core.memory import AdapterCache, CacheConfig, PagePool
 from gpu_worker.core.sequence import SamplingSpec, Sequence
+
+
+def kv_pages(n):
+    """The worker's real page owner: the cache manager over a unified pool of n pages."""
+    return AdapterCache(PagePool(n), CacheConfig(), clock=lambda: 0.0)
 
 
 def seq(rid, prompt_len, max_tokens):
@@ -10,7 +15,7 @@ def seq(rid, prompt_len, max_tokens):
 
 
 def test_prefill_and_decode_share_a_step():
-    p = BatchPlanner(BlockAllocator(64), block_size=4, max_running=8, max_step_tokens=64)
+    p = BatchPlanner(kv_pages(64), block_size=4, max_running=8, max_step_tokens=64)
     a = seq("a", 5, 4)
     p.add(a)
     plan = p.plan()
@@ -24,7 +29,7 @@ def test_prefill_and_decode_share_a_step():
 
 def test_admission_keeps_room_for_every_running_reservation():
     # 10 pages of 4 tokens; each request may grow to 4+12=16 tokens = 4 pages
-    alloc = BlockAllocator(10)
+    alloc = kv_pages(10)
     p = BatchPlanner(alloc, block_size=4, max_running=8, max_step_tokens=64)
     seqs = [seq(str(i), 4, 12) for i in range(3)]
     for s in seqs:
@@ -39,13 +44,13 @@ def test_admission_keeps_room_for_every_running_reservation():
             s.output_ids.append(7)
         p.plan()
     assert all(len(s.block_table) == pages_for(16, 4) for s in p.running)
-    assert alloc.num_free == 10 - 2 * 4
+    assert alloc.kv_available_pages() == 10 - 2 * 4
     p.remove(seqs[0])
     assert p.plan().prefill == [seqs[2]]
 
 
 def test_step_token_budget_limits_prefills_but_first_always_runs():
-    p = BatchPlanner(BlockAllocator(100), block_size=4, max_running=8, max_step_tokens=10)
+    p = BatchPlanner(kv_pages(100), block_size=4, max_running=8, max_step_tokens=10)
     big, small = seq("big", 9, 1), seq("small", 5, 1)
     p.add(big)
     p.add(small)
@@ -54,16 +59,16 @@ def test_step_token_budget_limits_prefills_but_first_always_runs():
 
 
 def test_remove_frees_pages():
-    alloc = BlockAllocator(8)
+    alloc = kv_pages(8)
     p = BatchPlanner(alloc, block_size=4, max_running=8, max_step_tokens=64)
     s = seq("a", 6, 2)
     p.add(s)
     p.plan()
-    assert alloc.num_free == 8 - pages_for(6, 4)
+    assert alloc.kv_available_pages() == 8 - pages_for(6, 4)
     p.remove(s)
-    assert alloc.num_free == 8
+    assert alloc.kv_available_pages() == 8
 
 
 def test_config_errors():
     with pytest.raises(ValueError):
-        BatchPlanner(BlockAllocator(8), block_size=4, max_running=0, max_step_tokens=8)
+        BatchPlanner(kv_pages(8), block_size=4, max_running=0, max_step_tokens=8)

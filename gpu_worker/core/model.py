@@ -1,0 +1,149 @@
+"""A Llama-family decoder in torch over a paged KV cache.
+
+RMSNorm, rotary position embeddings (with the config's rope scaling), grouped
+query attention and a SwiGLU MLP; embeddings may be tied to the LM head. One
+forward runs a flat batch in which prefill chunks and single decode tokens of
+different sequences are mixed; linear layers (and LoRA) see all tokens at
+once, attention runs per sequence over its pages.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from .kv_cache import PagedKVCache
+from .lora import LoraBatch
+from .model_config import LlamaConfig
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor        # [T] sequences concatenated
+    positions: torch.Tensor        # [T]
+    query_lens: list[int]          # tokens of each sequence in this step
+    context_lens: list[int]        # tokens of each sequence in the cache after this step
+    block_tables: list[list[int]]  # pages of each sequence
+    slot_mapping: torch.Tensor     # [T] flat cache slot of each token
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    kind, s = cfg.rope_type, cfg.rope_scaling or {}
+    if kind == "linear":
+        inv = inv / float(s["factor"])
+    elif kind == "llama3":
+        factor, lo, hi = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
+        old = float(s["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+        inv = torch.where(medium, smoothed, scaled)
+    return inv
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class LlamaModel:
+    def __init__(self, config: LlamaConfig, weights: dict[str, torch.Tensor], device: torch.device,
+                 dtype: torch.dtype):
+        self.config, self.device, self.dtype = config, torch.device(device), dtype
+
+        def w(name: str) -> torch.Tensor:
+            if name not in weights:
+                raise ValueError(f"model weights lack {name}")
+            return weights[name].to(device=self.device, dtype=dtype).contiguous()
+
+        self.embed = w("model.embed_tokens.weight")
+        self.lm_head = (self.embed if config.tie_word_embeddings or "lm_head.weight" not in weights
+                        else w("lm_head.weight"))
+        self.norm = w("model.norm.weight")
+        self.layers = []
+        for i in range(config.num_layers):
+            p = f"model.layers.{i}."
+            self.layers.append({
+                "in_norm": w(p + "input_layernorm.weight"), "post_norm": w(p + "post_attention_layernorm.weight"),
+                **{m: w(p + f"self_attn.{m}.weight") for m in ("q_proj", "k_proj", "v_proj", "o_proj")},
+                **{m: w(p + f"mlp.{m}.weight") for m in ("gate_proj", "up_proj", "down_proj")}})
+        self.inv_freq = rope_inv_freq(config).to(self.device)
+
+    @classmethod
+    def load(cls, model_dir: Path | str, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> "LlamaModel":
+        model_dir = Path(model_dir)
+        cfg = LlamaConfig.from_hf_dir(model_dir)
+        files = sorted(model_dir.glob("*.safetensors"))
+        if not files:
+            raise ValueError(f"{model_dir} holds no *.safetensors weights")
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            with safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():
+                    weights[k] = sf.get_tensor(k)
+        return cls(cfg, weights, torch.device(device), dtype)
+
+    def _linear(self, x: torch.Tensor, layer: int, name: str, lora: LoraBatch | None) -> torch.Tensor:
+        y = x @ self.layers[layer][name].t()
+        if lora is not None:
+            d = lora.apply(layer, name, x)
+            if d is not None:
+                y = y + d.to(y.dtype)
+        return y
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, kv: PagedKVCache, lora: LoraBatch | None = None) -> torch.Tensor:
+        """Logits of each sequence's last token in this step: [num_seqs, vocab]."""
+        c = self.config
+        nh, kvh, hd = c.num_heads, c.num_kv_heads, c.head_dim
+        x = self.embed[batch.input_ids]
+        freqs = batch.positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(self.dtype)[:, None, :], emb.sin().to(self.dtype)[:, None, :]
+        starts = [0]
+        for q in batch.query_lens:
+            starts.append(starts[-1] + q)
+        tables = [torch.tensor(t, dtype=torch.long, device=self.device) for t in batch.block_tables]
+        masks = []
+        for q, L in zip(batch.query_lens, batch.context_lens):
+            qpos = torch.arange(L - q, L, device=self.device)[:, None]
+            masks.append(torch.arange(L, device=self.device)[None, :] <= qpos)
+        for i, lw in enumerate(self.layers):
+            h = rms_norm(x, lw["in_norm"], c.rms_norm_eps)
+            q = self._linear(h, i, "q_proj", lora).view(-1, nh, hd)
+            k = self._linear(h, i, "k_proj", lora).view(-1, kvh, hd)
+            v = self._linear(h, i, "v_proj", lora).view(-1, kvh, hd)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            kv.write(i, batch.slot_mapping, k, v)
+            outs = []
+            for s in range(len(batch.query_lens)):
+                ks, vs = kv.gather(i, tables[s], batch.context_lens[s])
+                qs = q[starts[s]:starts[s + 1]].transpose(0, 1)              # [nh, q, hd]
+                ks = ks.transpose(0, 1).repeat_interleave(nh // kvh, dim=0)  # [nh, L, hd]
+                vs = vs.transpose(0, 1).repeat_interleave(nh // kvh, dim=0)
+                o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=masks[s])
+                outs.append(o.transpose(0, 1).reshape(-1, nh * hd))
+            x = x + self._linear(torch.cat(outs, dim=0), i, "o_proj", lora)
+            h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
+            g = self._linear(h, i, "gate_proj", lora)
+            u = self._linear(h, i, "up_proj", lora)
+            x = x + self._linear(F.silu(g) * u, i, "down_proj", lora)
+        last = torch.tensor([e - 1 for e in starts[1:]], device=self.device)
+        h = rms_norm(x[last], self.norm, c.rms_norm_eps)
+        return (h @ self.lm_head.t()).float()

@@ -1,0 +1,150 @@
+"""The worker's memory: KV pages and cached adapters in one unified pool.
+
+Runs on the engine thread only (the cache manager is plain Python, not
+thread-safe). Requests whose adapter is not resident are parked here until
+its weights are installed; adapters that do not fit yet wait for pages
+(running requests finishing free KV pages, idle adapters get evicted by the
+cache policy). Every allocation goes through the cache manager, so KV never
+fails while idle adapter pages could be evicted for it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .memory.adapter_cache import AdapterCache, CacheStats
+from .memory.page_pool import PagePool
+from .memory.policy import CacheConfig
+from .sequence import Sequence
+from .unified_pool import PooledLora, StagedAdapter, UnifiedPool
+
+
+@dataclass
+class _Pending:
+    staged: StagedAdapter
+    since: float
+
+
+@dataclass
+class MemoryEvents:
+    ready: list[Sequence] = field(default_factory=list)     # adapter resident: may run now
+    need_fetch: list[str] = field(default_factory=list)     # adapters to fetch from the store
+
+
+class WorkerMemory:
+    def __init__(self, pool: UnifiedPool, cache_config: CacheConfig, clock: Callable[[], float],
+                 copy_stream: "torch.cuda.Stream | None" = None):
+        self.pool = pool
+        self.clock = clock
+        self.pages = PagePool(pool.num_pages)
+        self.cache = AdapterCache(self.pages, cache_config, clock)
+        self.copy_stream = copy_stream
+        self._resident: dict[str, PooledLora] = {}
+        self._parked: dict[str, list[Sequence]] = {}      # adapter id -> requests waiting for it
+        self._pending: dict[str, _Pending] = {}           # fetched, waiting for pages
+        self._fetching: set[str] = set()
+        self._holders: dict[str, str] = {}                # request id -> adapter id it holds
+
+    # -- KV pages (the batch planner's allocator) ---------------------------
+    def allocate_kv(self, owner: str, n: int) -> list[int] | None:
+        pages = self.cache.allocate_kv(owner, n)
+        self._drop_evicted()
+        return pages
+
+    def free_kv(self, owner: str) -> int:
+        return self.cache.free_kv(owner)
+
+    def kv_available_pages(self) -> int:
+        return self.cache.kv_available_pages()
+
+    # -- adapters -------------------------------------------------------------
+    def get(self, adapter_id: str) -> PooledLora | None:
+        return self._resident.get(adapter_id)
+
+    def admit(self, seq: Sequence) -> MemoryEvents:
+        """A request arrived. Base-model requests and hits are ready at once."""
+        ev = MemoryEvents()
+        aid = seq.adapter_id
+        if aid is None:
+            ev.ready.append(seq)
+            return ev
+        hit = self.cache.lookup(aid)
+        if hit and aid in self._resident:
+            self._hold(seq)
+            ev.ready.append(seq)
+            return ev
+        self._parked.setdefault(aid, []).append(seq)
+        if aid not in self._fetching and aid not in self._pending and not self.cache.is_loading(aid):
+            self._fetching.add(aid)
+            ev.need_fetch.append(aid)
+        self._update_demand()
+        return ev
+
+    def staged(self, staged: StagedAdapter) -> MemoryEvents:
+        """Weights for an adapter arrived from the store."""
+        self._fetching.discard(staged.adapter_id)
+        self._pending[staged.adapter_id] = _Pending(staged, self.clock())
+        return self.retry()
+
+    def fetch_failed(self, adapter_id: str) -> list[Sequence]:
+        """The store could not deliver: these parked requests must fail."""
+        self._fetching.discard(adapter_id)
+        self._update_demand()
+        return self._parked.pop(adapter_id, [])
+
+    def retry(self) -> MemoryEvents:
+        """Install pending adapters that fit now (call after pages were freed)."""
+        ev = MemoryEvents()
+        for aid in list(self._pending):
+            if aid not in self._parked:        # nobody wants it any more
+                del self._pending[aid]
+                continue
+            staged = self._pending[aid].staged
+            layout = self.pool.layout(staged)
+            pages = self.cache.reserve_for_load(aid, layout.num_pages, digest=staged.digest,
+                                                nbytes=staged.nbytes, rank=staged.rank)
+            if pages is None:
+                continue
+            self._resident[aid] = self.pool.install(staged, layout, pages, self.copy_stream)
+            self.cache.mark_loaded(aid)
+            del self._pending[aid]
+            for seq in self._parked.pop(aid, []):
+                self._hold(seq)
+                ev.ready.append(seq)
+        self._drop_evicted()
+        self._update_demand()
+        return ev
+
+    def release(self, seq: Sequence) -> None:
+        """A request finished or was cancelled."""
+        aid = self._holders.pop(seq.request_id, None)
+        if aid is not None:
+            self.cache.release(aid, seq.request_id)
+        elif seq.adapter_id in self._parked and seq in self._parked[seq.adapter_id]:
+            self._parked[seq.adapter_id].remove(seq)
+            if not self._parked[seq.adapter_id]:
+                del self._parked[seq.adapter_id]
+        self._update_demand()
+        self._drop_evicted()
+
+    def parked(self) -> list[Sequence]:
+        return [s for seqs in self._parked.values() for s in seqs]
+
+    def stats(self) -> CacheStats:
+        return self.cache.stats()
+
+    def _hold(self, seq: Sequence) -> None:
+        wait_s = self.cache.acquire(seq.adapter_id, seq.request_id, wanted_at=seq.arrival)
+        seq.adapter_wait_s = wait_s
+        self._holders[seq.request_id] = seq.adapter_id
+
+    def _update_demand(self) -> None:
+        self.cache.set_queued_demand(set(self._parked) | set(self._pending))
+        self._drop_evicted()
+
+    def _drop_evicted(self) -> None:
+        # the cache manager may have evicted idle adapters to make room: forget their tables
+        for aid in [a for a in self._resident if not self.cache.is_resident(a)]:
+            del self._resident[aid]
