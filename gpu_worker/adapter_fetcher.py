@@ -31,8 +31,8 @@ class AdapterFetcher:
         self.staging = Path(staging_dir)
         self.staging.mkdir(parents=True, exist_ok=True)
 
-    async def fetch(self, adapter_id: str) -> tuple[Path, int]:
-        """Returns (folder with the adapter's files, bytes received)."""
+    async def fetch(self, adapter_id: str) -> tuple[Path, int, str]:
+        """Returns (folder with the adapter's files, bytes received, digest of its files)."""
         dest = self.staging / adapter_id
         tmp = self.staging / f".{adapter_id}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -65,7 +65,9 @@ class AdapterFetcher:
                                     f"adapter {adapter_id!r}: transfer ended mid-file")
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
-        return dest, total
+        digest = hashlib.sha256("".join(f"{n}:{h.hexdigest()};" for n, h in sorted(hashes.items()))
+                                .encode()).hexdigest()
+        return dest, total, digest
 
     async def close(self) -> None:
         await self.channel.close()

@@ -24,11 +24,13 @@ class WorkerConfig:
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     dtype: str = "auto"                    # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     block_size: int = 16
-    kv_memory_bytes: int = 256 * 1024 * 1024   # CPU budget for the KV pool
     gpu_memory_fraction: float = 0.8       # CUDA: fraction of free memory for the pool
     max_running: int = 32
     max_context: int = 2048
-    adapter_capacity: int = 16             # resident adapters (until the unified pool)
+    pool_memory_bytes: int = 256 * 1024 * 1024  # CPU: bytes of the unified pool (KV + adapters)
+    cache_policy: str = "chameleon"         # slora | lru | chameleon | chameleon-lru | chameleon-fairshare
+    lru_slots: int = 8                      # --cache-policy lru: adapter slots reserved at max rank
+    lru_max_rank: int = 128                 # --cache-policy lru: the rank a slot is sized for
     staging_dir: Path | None = None
     grace_s: float = 10.0
 
@@ -38,15 +40,36 @@ class WorkerConfig:
             raise ValueError(f"--model {self.model}: no config.json there (run `chameleon prepare-demo`?)")
         if self.block_size <= 0 or self.max_running <= 0 or self.max_context <= 1:
             raise ValueError("block_size and max_running must be positive, max_context > 1")
-        if self.kv_memory_bytes <= 0:
-            raise ValueError("kv_memory_bytes must be positive")
+        if self.pool_memory_bytes <= 0:
+            raise ValueError("pool_memory_bytes must be positive")
         if not 0 < self.gpu_memory_fraction < 1:
             raise ValueError("gpu_memory_fraction must be in (0, 1)")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}")
-        if self.adapter_capacity < 0:
-            raise ValueError("adapter_capacity must be >= 0")
+        from gpu_worker.core.memory import POLICY_NAMES
+        if self.cache_policy not in POLICY_NAMES:
+            raise ValueError(f"unknown --cache-policy {self.cache_policy!r}; choose from "
+                             f"{', '.join(POLICY_NAMES)}")
+        if self.lru_slots < 1 or self.lru_max_rank < 1:
+            raise ValueError("lru_slots and lru_max_rank must be >= 1")
         self.worker_id = self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def cache_config(cfg: WorkerConfig, mc):
+    """The cache policy; `lru` slots are sized for an adapter of `lru_max_rank` on every module."""
+    from gpu_worker.core.memory import CacheConfig, layout_adapter
+    from gpu_worker.core.memory.layout import AdapterShape
+    from gpu_worker.core.unified_pool import row_geometry
+
+    if cfg.cache_policy != "lru":
+        return CacheConfig(cfg.cache_policy)
+    shape = AdapterShape.uniform(mc.num_layers, cfg.lru_max_rank, mc.module_shapes())
+    slot_pages = layout_adapter(row_geometry(mc, cfg.block_size), shape).num_pages
+    return CacheConfig("lru", lru_slots=cfg.lru_slots, lru_slot_pages=slot_pages)
+
+
+def cache_reserved(cache) -> int:
+    return cache.lru_slots * cache.lru_slot_pages if cache.policy == "lru" else 0
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -60,11 +83,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--block-size", type=int, default=d["block_size"].default)
-    ap.add_argument("--kv-memory-bytes", type=int, default=d["kv_memory_bytes"].default)
+    ap.add_argument("--pool-memory-bytes", "--kv-memory-bytes", dest="pool_memory_bytes", type=int,
+                    default=d["pool_memory_bytes"].default,
+                    help="CPU: bytes of the unified pool shared by KV pages and cached adapters")
     ap.add_argument("--gpu-memory-fraction", type=float, default=d["gpu_memory_fraction"].default)
     ap.add_argument("--max-running", type=int, default=d["max_running"].default)
     ap.add_argument("--max-context", type=int, default=d["max_context"].default)
-    ap.add_argument("--adapter-capacity", type=int, default=d["adapter_capacity"].default)
+    ap.add_argument("--cache-policy", default=d["cache_policy"].default,
+                    help="slora | lru | chameleon | chameleon-lru | chameleon-fairshare")
+    ap.add_argument("--lru-slots", type=int, default=d["lru_slots"].default)
+    ap.add_argument("--lru-max-rank", type=int, default=d["lru_max_rank"].default)
     ap.add_argument("--staging-dir", type=Path)
     ap.add_argument("--grace-s", type=float, default=d["grace_s"].default)
 
@@ -72,9 +100,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def config_from_args(a: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(model=a.model, store=a.store, host=a.host, port=a.port,
                         port_file=a.port_file, worker_id=a.worker_id, device=a.device,
-                        dtype=a.dtype, block_size=a.block_size, kv_memory_bytes=a.kv_memory_bytes,
+                        dtype=a.dtype, block_size=a.block_size, pool_memory_bytes=a.pool_memory_bytes,
                         gpu_memory_fraction=a.gpu_memory_fraction, max_running=a.max_running,
-                        max_context=a.max_context, adapter_capacity=a.adapter_capacity,
+                        max_context=a.max_context, cache_policy=a.cache_policy,
+                        lru_slots=a.lru_slots, lru_max_rank=a.lru_max_rank,
                         staging_dir=a.staging_dir, grace_s=a.grace_s)
 
 
@@ -99,30 +128,31 @@ async def serve(cfg: WorkerConfig) -> None:
     max_context = min(cfg.max_context, mc.max_position_embeddings)
     elem = torch.tensor([], dtype=dtype).element_size()
     page_bytes = 2 * mc.num_layers * cfg.block_size * mc.num_kv_heads * mc.head_dim * elem
-    budget = cfg.kv_memory_bytes
+    budget = cfg.pool_memory_bytes
     if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info()
         budget = int(free * cfg.gpu_memory_fraction)
-    num_blocks = max(budget // page_bytes, -(-max_context // cfg.block_size))
+    cache = cache_config(cfg, mc)
+    num_pages = max(budget // page_bytes, -(-max_context // cfg.block_size) + cache_reserved(cache))
     engine = Engine(model, Tokenizer.from_file(str(cfg.model / "tokenizer.json")),
-                    EngineConfig(block_size=cfg.block_size, num_blocks=int(num_blocks),
-                                 max_running=cfg.max_running,
-                                 max_step_tokens=max(2048, max_context), max_context=max_context))
+                    EngineConfig(block_size=cfg.block_size, num_blocks=int(num_pages),
+                                 max_running=cfg.max_running, max_step_tokens=max(2048, max_context),
+                                 max_context=max_context, cache=cache))
     info = worker_pb2.WorkerInfo(
         worker_id=cfg.worker_id, model_name=cfg.model.name, max_context=max_context,
-        vocab_size=mc.vocab_size, block_size=cfg.block_size, total_pages=int(num_blocks),
+        vocab_size=mc.vocab_size, block_size=cfg.block_size, total_pages=int(num_pages),
         max_running=cfg.max_running, tokenizer_json=(cfg.model / "tokenizer.json").read_bytes(),
-        eos_token_ids=list(mc.eos_token_ids), device=device, page_bytes=page_bytes,
-        cache_policy="resident-lru")
+        eos_token_ids=list(mc.eos_token_ids), device=device, page_bytes=engine.pool.page_bytes,
+        cache_policy=cfg.cache_policy)
     staging = cfg.staging_dir or Path(tempfile.mkdtemp(prefix="chameleon-staging-"))
     fetcher = AdapterFetcher(cfg.store, staging)
-    service = WorkerService(engine, fetcher, info, cfg.adapter_capacity)
+    service = WorkerService(engine, fetcher, info)
     server = Server(cfg.host, cfg.port, ["chameleon.v1.Worker"])
     from chameleon.v1 import worker_pb2_grpc
     worker_pb2_grpc.add_WorkerServicer_to_server(service, server.server)
     service.start()
-    log.info("worker %s: %s on %s (%s), %d KV pages of %d tokens", cfg.worker_id, cfg.model.name,
-             device, dtype, num_blocks, cfg.block_size)
+    log.info("worker %s: %s on %s (%s), unified pool of %d pages of %d tokens, cache policy %s",
+             cfg.worker_id, cfg.model.name, device, dtype, num_pages, cfg.block_size, cfg.cache_policy)
     try:
         await server.run(port_file=cfg.port_file, grace_s=cfg.grace_s, drain=service.drain)
     finally:

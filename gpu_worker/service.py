@@ -15,11 +15,11 @@ import grpc
 
 from chameleon.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from gpu_worker.adapter_fetcher import AdapterFetcher, AdapterFetchError
-from gpu_worker.core.adapter_residency import AdapterResidency
 from gpu_worker.core.engine import Engine, EngineEvent
 from gpu_worker.core.lora import LoraAdapter
 from gpu_worker.core.sequence import Finish, SamplingSpec, Sequence
-from gpu_worker.engine_thread import EngineThread
+from gpu_worker.core.unified_pool import StagedAdapter, stage_adapter
+from gpu_worker.engine_thread import EngineCallbacks, EngineThread
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +39,19 @@ class _Request:
     seq: Sequence
     stream: _Stream
     admitted_at: float
-    holds_adapter: bool = False
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
     def __init__(self, engine: Engine, fetcher: AdapterFetcher, info: worker_pb2.WorkerInfo,
-                 adapter_capacity: int, state_interval_s: float = 0.25):
+                 state_interval_s: float = 0.25):
         self.engine = engine
         self.fetcher = fetcher
         self.info = info
         self.state_interval_s = state_interval_s
-        self.residency: AdapterResidency[LoraAdapter] = AdapterResidency(adapter_capacity, time.monotonic)
-        engine.get_adapter = self.residency.get
-        self.thread = EngineThread(engine, self._from_engine, self._engine_failed)
-        self._loads: dict[str, asyncio.Future] = {}
+        self.thread = EngineThread(engine, EngineCallbacks(
+            events=self._hop(self._deliver), failed=self._hop(self._deliver_failure),
+            need_fetch=self._hop(self._start_fetches), adapter_failed=self._hop(self._adapter_failed)))
+        self._fetches: dict[str, asyncio.Task] = {}
         self._requests: dict[str, _Request] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -63,6 +62,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def drain(self) -> None:
         while self._requests:
             await asyncio.sleep(0.05)
+
+    def _hop(self, fn):
+        """A callback for the engine thread that runs `fn` on the event loop."""
+        return lambda *args: self._loop.call_soon_threadsafe(fn, *args)
 
     # -- rpc ----------------------------------------------------------------
     async def GetInfo(self, request, context):
@@ -104,12 +107,13 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             await asyncio.sleep(self.state_interval_s)
 
     def state(self) -> worker_pb2.WorkerState:
-        st = self.residency.stats
+        snap = self.thread.snapshot
+        st = snap.stats
         return worker_pb2.WorkerState(
-            worker_id=self.info.worker_id, total_pages=self.info.total_pages,
-            free_pages=self.engine.allocator.num_free, evictable_pages=0,
-            running=self.engine.num_running, waiting=self.engine.num_waiting,
-            cached_adapters=self.residency.resident(), loading_adapters=sorted(self.residency.loading),
+            worker_id=self.info.worker_id, total_pages=st.total_pages,
+            free_pages=st.free_pages, evictable_pages=st.idle_adapter_pages,
+            running=snap.running, waiting=snap.waiting,
+            cached_adapters=list(st.cached_adapters), loading_adapters=list(st.loading_adapters),
             cache_hits=st.hits, cache_misses=st.misses, evictions=st.evictions,
             bytes_loaded=st.bytes_loaded)
 
@@ -139,50 +143,42 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             return
         seq = Sequence(rid, list(a.prompt_token_ids), spec, adapter_id=a.adapter_id or None,
                        arrival=time.monotonic())
-        req = _Request(seq, stream, time.monotonic())
-        self._requests[rid] = req
+        self._requests[rid] = _Request(seq, stream, time.monotonic())
         stream.requests.add(rid)
-        if seq.adapter_id and not self.residency.acquire(seq.adapter_id):
-            asyncio.create_task(self._load_then_submit(req))
-            return
-        req.holds_adapter = seq.adapter_id is not None
-        seq.ready_at = time.monotonic()
         self.thread.submit(seq)
 
-    async def _load_then_submit(self, req: _Request) -> None:
-        aid = req.seq.adapter_id
-        fut = self._loads.get(aid)
-        if fut is None:
-            fut = self._loads[aid] = asyncio.ensure_future(self._load(aid))
-        try:
-            await asyncio.shield(fut)
-        except AdapterFetchError as e:
-            self._fail(req, e.code, e.message)
-            return
-        except ValueError as e:  # the adapter does not fit the model
-            self._fail(req, grpc.StatusCode.FAILED_PRECONDITION, f"adapter {aid!r}: {e}")
-            return
-        if req.seq.request_id not in self._requests:  # cancelled while loading
-            return
-        if self.residency.get(aid) is None or not self.residency.acquire(aid):
-            asyncio.create_task(self._load_then_submit(req))  # evicted meanwhile: load again
-            return
-        self.residency.stats.hits -= 1  # the re-acquire after our own load is not a hit
-        req.holds_adapter = True
-        req.seq.ready_at = time.monotonic()
-        self.thread.submit(req.seq)
+    # -- adapter loading: store -> host staging -> (engine thread) pool pages ----
+    def _start_fetches(self, adapter_ids: list[str]) -> None:
+        for aid in adapter_ids:
+            if aid not in self._fetches:
+                self._fetches[aid] = asyncio.create_task(self._fetch(aid))
 
-    async def _load(self, aid: str) -> None:
-        self.residency.loading.add(aid)
+    async def _fetch(self, aid: str) -> None:
         try:
-            folder, nbytes = await self.fetcher.fetch(aid)
-            model = self.engine.model
-            adapter = await asyncio.to_thread(LoraAdapter.from_peft_dir, folder, model.config,
-                                              model.device, model.dtype)
-            self.residency.insert(aid, adapter, nbytes, refs=0)
+            folder, _nbytes, digest = await self.fetcher.fetch(aid)
+            staged = await asyncio.to_thread(self._stage, folder, aid, digest)
+        except AdapterFetchError as e:
+            self.thread.adapter_failed(aid, e.code, e.message)
+        except ValueError as e:  # the adapter does not fit the base model
+            self.thread.adapter_failed(aid, grpc.StatusCode.FAILED_PRECONDITION, f"adapter {aid!r}: {e}")
+        except Exception as e:  # never leave requests parked on a load that died
+            log.exception("loading adapter %s failed", aid)
+            self.thread.adapter_failed(aid, grpc.StatusCode.INTERNAL, f"adapter {aid!r}: {e}")
+        else:
+            self.thread.install(staged)
         finally:
-            self.residency.loading.discard(aid)
-            self._loads.pop(aid, None)
+            self._fetches.pop(aid, None)
+
+    def _stage(self, folder, aid: str, digest: str) -> StagedAdapter:
+        cfg = self.engine.model.config
+        adapter = LoraAdapter.from_peft_dir(folder, cfg, "cpu", self.engine.model.dtype, adapter_id=aid)
+        return stage_adapter(adapter, cfg, digest)
+
+    def _adapter_failed(self, seqs: list[Sequence], code: grpc.StatusCode, message: str) -> None:
+        for s in seqs:
+            req = self._requests.get(s.request_id)
+            if req is not None:
+                self._fail(req, code, message)
 
     def _cancel(self, rid: str) -> None:
         req = self._requests.get(rid)
@@ -200,14 +196,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         if self._requests.pop(rid, None) is None:
             return
         req.stream.requests.discard(rid)
-        if req.holds_adapter:
-            req.holds_adapter = False
-            self.residency.release(req.seq.adapter_id)
 
     def _timings(self, req: _Request) -> common_pb2.Timings:
         s = req.seq
-        load = ((s.ready_at or req.admitted_at) - req.admitted_at) * 1000.0
-        return common_pb2.Timings(adapter_load_ms=load, prefill_ms=s.prefill_ms)
+        return common_pb2.Timings(adapter_load_ms=s.adapter_wait_s * 1000.0, prefill_ms=s.prefill_ms)
 
     def _finish(self, req: _Request, finish: Finish, text: str) -> None:
         if req.seq.request_id not in self._requests:
@@ -217,13 +209,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             completion_tokens=len(req.seq.output_ids), timings=self._timings(req), text=text)))
         self._forget(req)
 
-    # -- engine thread callbacks (hop onto the event loop) --------------------
-    def _from_engine(self, events: list[EngineEvent]) -> None:
-        self._loop.call_soon_threadsafe(self._deliver, events)
-
-    def _engine_failed(self, seqs: list[Sequence], exc: Exception) -> None:
-        self._loop.call_soon_threadsafe(self._deliver_failure, seqs, exc)
-
+    # -- engine thread results (already hopped onto the event loop) -----------
     def _deliver(self, events: list[EngineEvent]) -> None:
         for ev in events:
             req = self._requests.get(ev.seq.request_id)

@@ -29,7 +29,7 @@ def cluster(tiny_assets, tmp_path_factory):
                 os.symlink(d, adapters / d.name)
     spec = ClusterSpec(model=Path(tiny_assets["model"]), adapters=adapters,
                        worker_args=["--max-running", "16", "--block-size", "4",
-                                    "--kv-memory-bytes", str(4 << 20)])
+                                    "--pool-memory-bytes", str(4 << 20)])
     with Cluster(spec) as c:
         yield c
 
