@@ -72,7 +72,7 @@ class BatchPlanner:
                 raise MemoryError(f"no KV page for running request {seq.request_id}")
             seq.block_table += pages
 
-    def _future_pages(self) -> int:
+    def reserved_pages(self) -> int:
         """Pages running sequences may still allocate before they finish."""
         return sum(max(0, pages_for(s.max_len, self.block_size) - len(s.block_table))
                    for s in self.running)
@@ -83,7 +83,7 @@ class BatchPlanner:
             self._grow(s, s.num_tokens)  # this step writes K/V at position num_tokens - 1
             plan.decode.append(s)
         budget = self.max_step_tokens - len(plan.decode)
-        spare = self.kv.kv_available_pages() - self._future_pages()
+        spare = self.kv.kv_available_pages() - self.reserved_pages()
         while self.waiting and len(self.running) < self.max_running:
             s = self.waiting[0]
             whole = pages_for(s.max_len, self.block_size)

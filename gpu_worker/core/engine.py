@@ -63,6 +63,7 @@ class Engine:
         self.kv = PagedKVCache(model.config, cfg.num_blocks, cfg.block_size, device=model.device,
                                dtype=model.dtype, storage=self.pool.storage)
         self.planner = BatchPlanner(self.memory, cfg.block_size, cfg.max_running, cfg.max_step_tokens)
+        self.memory.kv_reserved = self.planner.reserved_pages
         self._by_id: dict[str, Sequence] = {}
 
     # -- requests ---------------------------------------------------------

@@ -46,6 +46,9 @@ class WorkerMemory:
         self._pending: dict[str, _Pending] = {}           # fetched, waiting for pages
         self._fetching: set[str] = set()
         self._holders: dict[str, str] = {}                # request id -> adapter id it holds
+        # pages admitted requests may still allocate (the batch planner's reservation);
+        # an adapter load must leave them free or a running request could not grow
+        self.kv_reserved: Callable[[], int] = lambda: 0
 
     # -- KV pages (the batch planner's allocator) ---------------------------
     def allocate_kv(self, owner: str, n: int) -> list[int] | None:
@@ -103,6 +106,9 @@ class WorkerMemory:
                 continue
             staged = self._pending[aid].staged
             layout = self.pool.layout(staged)
+            if (self.cache.policy.slots is None
+                    and self.cache.kv_available_pages() - layout.num_pages < self.kv_reserved()):
+                continue  # wait for running requests to finish
             pages = self.cache.reserve_for_load(aid, layout.num_pages, digest=staged.digest,
                                                 nbytes=staged.nbytes, rank=staged.rank)
             if pages is None:

@@ -65,3 +65,32 @@ def test_every_policy_generates_the_same_tokens(parts):
         assert tokens == reference, policy
         seen_evictions += stats.evictions
     assert seen_evictions > 0, "the pool was large enough that nothing was evicted: the test shows nothing"
+
+
+def test_adapter_loads_never_take_pages_running_requests_will_grow_into(parts):
+    """Two base requests reserve their whole context at admission and grow into it step by
+    step. An adapter arriving meanwhile fits in the pages they have not touched yet, but must
+    wait for them to finish rather than take those pages."""
+    model, tok, adapters = parts
+    probe = Engine(model, tok, EngineConfig(block_size=4, num_blocks=8, max_context=64, max_step_tokens=64))
+    sizes = {n: probe.pool.layout(stage_adapter(a, model.config)).num_pages for n, a in adapters.items()}
+    name = min(sizes, key=sizes.get)
+    prompt = tok.encode(PROMPTS[0], add_special_tokens=False).ids
+    per_request = -(-(len(prompt) + 24) // 4)
+    pool = 2 * per_request + sizes[name] - 4   # both base requests' reservations + all but 4 of the adapter
+    eng = Engine(model, tok, EngineConfig(block_size=4, num_blocks=pool, max_running=4,
+                                          max_step_tokens=64, max_context=64))
+    seqs = [Sequence(str(i), prompt, SamplingSpec(max_tokens=24), adapter_id=aid)
+            for i, aid in enumerate([None, None, name])]
+    fetch = [aid for s in seqs for aid in eng.add(s)]
+    assert fetch == [name]
+    eng.step()
+    eng.step()
+    eng.install(stage_adapter(adapters[name], model.config))  # arrives mid-generation
+    steps = 0
+    while not eng.idle():
+        eng.step()
+        steps += 1
+        assert steps < 500
+    assert all(s.finish is not None and len(s.output_ids) > 0 for s in seqs)
+    assert eng.memory.kv_available_pages() == pool
