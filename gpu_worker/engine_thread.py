@@ -14,10 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import grpc
+
 from gpu_worker.core.engine import Engine, EngineEvent
 from gpu_worker.core.memory.adapter_cache import CacheStats
 from gpu_worker.core.sequence import Sequence
 from gpu_worker.core.unified_pool import StagedAdapter
+from gpu_worker.core.worker_memory import AdapterTooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,10 @@ class EngineThread:
         elif kind == "abort":
             eng.abort(arg)
         elif kind == "install":
-            eng.install(arg)
+            try:
+                eng.install(arg)
+            except AdapterTooLargeError as e:
+                self._apply("adapter_failed", (arg.adapter_id, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)))
         elif kind == "adapter_failed":
             aid, code, message = arg
             seqs = eng.adapter_failed(aid)

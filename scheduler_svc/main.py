@@ -6,9 +6,9 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-log = logging.getLogger("scheduler_svc")
+from scheduler_svc.core.policies import POLICY_NAMES, make_policy
 
-POLICIES = ("fifo",)
+log = logging.getLogger("scheduler_svc")
 
 
 @dataclass
@@ -27,25 +27,9 @@ class SchedulerConfig:
         for a in [self.store, *self.workers]:
             if ":" not in a:
                 raise ValueError(f"address {a!r} must be host:port")
-        if self.policy not in available_policies():
-            raise ValueError(f"--policy {self.policy!r}: choose one of {', '.join(available_policies())}")
-
-
-def available_policies() -> tuple[str, ...]:
-    try:
-        from scheduler_svc.core.policies import POLICY_NAMES
-        return tuple(POLICY_NAMES)
-    except ImportError:
-        return POLICIES
-
-
-def make_policy(name: str, clock):
-    try:
-        from scheduler_svc.core.policies import make_policy as factory
-    except ImportError:
-        from scheduler_svc.core.fifo import FifoPolicy
-        return FifoPolicy(clock)
-    return factory(name, clock)
+        if self.policy not in POLICY_NAMES:
+            raise ValueError(f"--sched-policy {self.policy!r}: choose one of "
+                             f"{', '.join(POLICY_NAMES)}")
 
 
 async def serve(cfg: SchedulerConfig) -> None:
@@ -75,7 +59,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--store", required=True, help="adapter store address host:port")
     ap.add_argument("--worker", action="append", dest="workers", default=[],
                     help="worker address host:port (repeat for several workers)")
-    ap.add_argument("--policy", "--sched-policy", dest="policy", default="fifo")
+    ap.add_argument("--sched-policy", "--policy", dest="policy", default="fifo",
+                    help=f"admission policy: {', '.join(POLICY_NAMES)} (default fifo, the "
+                         "S-LoRA baseline; --policy is an alias)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--port-file")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .sequence import Sequence
 
@@ -49,6 +49,8 @@ class BatchPlanner:
         self.block_size = block_size
         self.max_running = max_running
         self.max_step_tokens = max_step_tokens
+        # pages to keep out of new admissions (adapters waiting for room); set by the engine
+        self.held_back: Callable[[], int] = lambda: 0
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -83,7 +85,7 @@ class BatchPlanner:
             self._grow(s, s.num_tokens)  # this step writes K/V at position num_tokens - 1
             plan.decode.append(s)
         budget = self.max_step_tokens - len(plan.decode)
-        spare = self.kv.kv_available_pages() - self.reserved_pages()
+        spare = self.kv.kv_available_pages() - self.reserved_pages() - self.held_back()
         while self.waiting and len(self.running) < self.max_running:
             s = self.waiting[0]
             whole = pages_for(s.max_len, self.block_size)

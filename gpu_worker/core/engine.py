@@ -64,6 +64,7 @@ class Engine:
                                dtype=model.dtype, storage=self.pool.storage)
         self.planner = BatchPlanner(self.memory, cfg.block_size, cfg.max_running, cfg.max_step_tokens)
         self.memory.kv_reserved = self.planner.reserved_pages
+        self.planner.held_back = self.memory.pending_pages
         self._by_id: dict[str, Sequence] = {}
 
     # -- requests ---------------------------------------------------------
@@ -83,7 +84,8 @@ class Engine:
         return self._take(self.memory.admit(seq))
 
     def install(self, staged: StagedAdapter) -> None:
-        """An adapter's weights arrived; its waiting requests become runnable once it fits."""
+        """An adapter's weights arrived; its waiting requests become runnable once it fits.
+        Raises AdapterTooLargeError when it never can (then call `adapter_failed`)."""
         self._take(self.memory.staged(staged))
 
     def adapter_failed(self, adapter_id: str) -> list[Sequence]:

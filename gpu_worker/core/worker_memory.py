@@ -21,10 +21,15 @@ from .sequence import Sequence
 from .unified_pool import PooledLora, StagedAdapter, UnifiedPool
 
 
+class AdapterTooLargeError(ValueError):
+    """An adapter needs more pages than the pool could ever give it."""
+
+
 @dataclass
 class _Pending:
     staged: StagedAdapter
     since: float
+    pages: int
 
 
 @dataclass
@@ -88,8 +93,24 @@ class WorkerMemory:
     def staged(self, staged: StagedAdapter) -> MemoryEvents:
         """Weights for an adapter arrived from the store."""
         self._fetching.discard(staged.adapter_id)
-        self._pending[staged.adapter_id] = _Pending(staged, self.clock())
+        pages = self.pool.layout(staged).num_pages
+        room = (self.cache.policy.slot_pages if self.cache.policy.slots is not None
+                else self.pool.num_pages - self.cache.policy.reserved_pages)
+        if pages > room:
+            raise AdapterTooLargeError(
+                f"adapter {staged.adapter_id!r} needs {pages} pages of the worker's memory pool, "
+                f"which can give an adapter at most {room}: raise --pool-memory-bytes"
+                + (" or --lru-max-rank" if self.cache.policy.slots is not None else ""))
+        self._pending[staged.adapter_id] = _Pending(staged, self.clock(), pages)
         return self.retry()
+
+    def pending_pages(self) -> int:
+        """Pages that fetched adapters with waiting requests still need. The batch planner
+        holds them back from new admissions, so a stream of requests whose adapters are
+        resident cannot starve a request whose adapter is waiting for room."""
+        if self.cache.policy.slots is not None:
+            return 0  # lru adapters live in their reserved slots, not in KV pages
+        return sum(p.pages for aid, p in self._pending.items() if aid in self._parked)
 
     def fetch_failed(self, adapter_id: str) -> list[Sequence]:
         """The store could not deliver: these parked requests must fail."""

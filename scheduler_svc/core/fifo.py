@@ -36,6 +36,14 @@ class FifoPolicy:
     def enqueue(self, req: PendingRequest) -> None:
         self._queue[req.request_id] = req
 
+    def requeue(self, req: PendingRequest) -> None:
+        """Put back a request whose worker was lost, ahead of every younger request
+        (O(queued); only on worker loss)."""
+        self._queue.pop(req.request_id, None)
+        self._queue[req.request_id] = req
+        for rid in [rid for rid, q in self._queue.items() if q.arrival > req.arrival]:
+            self._queue.move_to_end(rid)
+
     def cancel(self, request_id: str) -> bool:
         return self._queue.pop(request_id, None) is not None
 

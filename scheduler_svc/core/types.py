@@ -56,8 +56,11 @@ class Admission:
 class AdmissionPolicy(Protocol):
     """Decides which queued requests start now, and where.
 
-    Non-preemptive: once admitted, a request runs to completion (a policy may
-    only ask for a squash through `Admission`s it returns from `squashes`).
+    Non-preemptive: once admitted, a request runs to completion, except that a
+    policy may squash one: optional methods the service calls when present are
+    `squashes() -> list[str]` (request ids to stop and hand back through
+    `requeue`), `requeue(req)` (a squashed request or one whose worker was lost;
+    default: `enqueue`) and `metrics() -> dict[str, float]`.
     """
 
     name: str

@@ -94,3 +94,43 @@ def test_adapter_loads_never_take_pages_running_requests_will_grow_into(parts):
         assert steps < 500
     assert all(s.finish is not None and len(s.output_ids) > 0 for s in seqs)
     assert eng.memory.kv_available_pages() == pool
+
+
+def test_a_waiting_adapter_is_not_starved_by_later_requests(parts):
+    """Base requests keep arriving; the adapter request that came first still runs before them."""
+    model, tok, adapters = parts
+    probe = Engine(model, tok, EngineConfig(block_size=4, num_blocks=8, max_context=64, max_step_tokens=64))
+    sizes = {n: probe.pool.layout(stage_adapter(a, model.config)).num_pages for n, a in adapters.items()}
+    name = min(sizes, key=sizes.get)
+    prompt = tok.encode(PROMPTS[0], add_special_tokens=False).ids
+    per_request = -(-(len(prompt) + 8) // 4)
+    eng = Engine(model, tok, EngineConfig(block_size=4, num_blocks=2 * per_request + sizes[name] - 1,  # fits beside <= 1 request
+                                          max_running=4, max_step_tokens=64, max_context=64))
+    for i in range(3):  # staggered: some base request is always mid-generation
+        eng.add(Sequence(f"b{i}", prompt, SamplingSpec(max_tokens=8)))
+        for _ in range(3):
+            eng.step()
+    lora = Sequence("lora", prompt, SamplingSpec(max_tokens=8), adapter_id=name)
+    eng.add(lora)
+    eng.install(stage_adapter(adapters[name], model.config))
+    late, steps = 0, 0
+    while lora.finish is None:
+        if len(eng.planner.waiting) + len(eng.planner.running) < 3:  # keep base load coming
+            eng.add(Sequence(f"late{late}", prompt, SamplingSpec(max_tokens=8)))
+            late += 1
+        eng.step()
+        steps += 1
+        assert steps < 200, "the adapter request starved behind later base requests"
+
+
+def test_an_adapter_larger_than_the_pool_fails_its_requests_clearly(parts):
+    from gpu_worker.core.worker_memory import AdapterTooLargeError
+
+    model, tok, adapters = parts
+    name = max(adapters, key=lambda n: adapters[n].nbytes)
+    eng = Engine(model, tok, EngineConfig(block_size=4, num_blocks=16, max_context=64, max_step_tokens=64))
+    s = Sequence("x", tok.encode("hi").ids, SamplingSpec(max_tokens=4), adapter_id=name)
+    assert eng.add(s) == [name]
+    with pytest.raises(AdapterTooLargeError, match="pool-memory-bytes"):
+        eng.install(stage_adapter(adapters[name], model.config))
+    assert eng.adapter_failed(name) == [s] and eng.idle()
