@@ -108,9 +108,14 @@ class WorkerMemory:
         """Pages that fetched adapters with waiting requests still need. The batch planner
         holds them back from new admissions, so a stream of requests whose adapters are
         resident cannot starve a request whose adapter is waiting for room."""
-        if self.cache.policy.slots is not None:
+        if self.cache.policy.slots is not None or not self._pending:
             return 0  # lru adapters live in their reserved slots, not in KV pages
-        return sum(p.pages for aid, p in self._pending.items() if aid in self._parked)
+        # only adapters that will fit once the running requests finish: one that waits on
+        # pages pinned by requests not yet running must not block those requests (deadlock)
+        st = self.cache.stats()
+        eventually = st.kv_available_pages + st.kv_pages
+        return sum(p.pages for aid, p in self._pending.items()
+                   if aid in self._parked and p.pages <= eventually)
 
     def fetch_failed(self, adapter_id: str) -> list[Sequence]:
         """The store could not deliver: these parked requests must fail."""
