@@ -2,18 +2,21 @@
 
 One tensor [num_layers, num_pages, page_elems] backs both the paged KV cache
 (each page = `block_size` tokens of K and V in every layer) and cached LoRA
-adapters (each page = `rows_per_page` rows of `row_width` elements per layer,
-see memory/layout.py). Which page belongs to whom is decided by the pure
+adapters (each page = `rows_per_page` slots of `row_width` elements per layer;
+a LoRA row takes as many consecutive slots as it needs, see memory/layout.py). Which page belongs to whom is decided by the pure
 Python cache manager; this module only moves bytes and gathers rows.
 
 LoRA compute reads an adapter where it sits: `PooledLora` keeps, per (layer,
-module), the (page, slot) of every row of A and of B^T, and `PooledLoraBatch`
-gathers those rows for the step's matmuls. Nothing is copied into a
+module), the global slot of every row of A and of B^T, and `PooledLoraBatch`
+gathers those rows for the step's matmuls through a strided (unfold) view of
+the layer's storage, so a row of any width is one contiguous read. Nothing is copied into a
 per-adapter contiguous buffer that outlives the step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import torch
 
@@ -23,15 +26,18 @@ from .model_config import LlamaConfig
 
 
 def row_geometry(cfg: LlamaConfig, block_size: int) -> PageGeometry:
-    """Slots as wide as the longest LoRA row, as many as a KV page holds."""
+    """Slots as wide as the greatest common divisor of every LoRA row length and the page, so
+    rows of every width pack without padding (SmolLM2: 192-element slots for rows of 192, 576
+    and 1536)."""
     page_elems = 2 * block_size * cfg.num_kv_heads * cfg.head_dim
-    longest = max(max(i, o) for i, o in cfg.module_shapes().values())
-    rows = page_elems // longest
-    if rows == 0:
+    lengths = {n for dims in cfg.module_shapes().values() for n in dims}
+    longest = max(lengths)
+    if longest > page_elems:
         raise ValueError(f"a KV page of {block_size} tokens ({page_elems} elements per layer) cannot "
                          f"hold a LoRA row of {longest} elements: raise --block-size to at least "
                          f"{-(-longest // (2 * cfg.num_kv_heads * cfg.head_dim))}")
-    return PageGeometry(rows_per_page=rows, row_width=page_elems // rows)
+    width = math.gcd(page_elems, *lengths)
+    return PageGeometry(rows_per_page=page_elems // width, row_width=width)
 
 
 @dataclass
@@ -75,8 +81,7 @@ def adapter_shape(cfg: LlamaConfig, weights: dict[tuple[int, str], tuple]) -> Ad
 
 @dataclass
 class _Rows:
-    pages: torch.Tensor   # [r] page id of each row
-    slots: torch.Tensor   # [r] slot within the page
+    slots: torch.Tensor   # [r] global slot (page * rows_per_page + offset) where each row starts
     width: int            # in_features (A) or out_features (B^T)
 
 
@@ -98,11 +103,8 @@ class UnifiedPool:
         self.page_elems = 2 * block_size * cfg.num_kv_heads * cfg.head_dim
         self.storage = torch.zeros(cfg.num_layers, num_pages, self.page_elems, device=device, dtype=dtype)
         self.geometry = row_geometry(cfg, block_size)
-        g = self.geometry
-        E = self.page_elems
-        # [layer, page, slot, element]: a strided view, so writes land in the shared storage
-        self.rows = self.storage.as_strided((cfg.num_layers, num_pages, g.rows_per_page, g.row_width),
-                                            (num_pages * E, E, g.row_width, 1))
+        # [layer, page * page_elems]: one flat run of elements per layer
+        self._flat = self.storage.view(cfg.num_layers, num_pages * self.page_elems)
 
     @property
     def page_bytes(self) -> int:
@@ -114,30 +116,36 @@ class UnifiedPool:
     def install(self, staged: StagedAdapter, layout: AdapterLayout, page_ids: list[int],
                 stream: "torch.cuda.Stream | None" = None) -> PooledLora:
         """Copy the staged weights into their pages; returns the adapter's row tables."""
+        g, E = self.geometry, self.page_elems
         tables = {}
         ctx = torch.cuda.stream(stream) if stream is not None else _nullctx()
         with ctx:
             for (layer, module), (a, b, scale) in staged.weights.items():
                 rows = {}
                 for matrix, w in (("A", a), ("B", b.t())):
-                    slots = layout.slots(layer, module, matrix) if (layer, module, matrix) in layout.runs \
-                        else None
-                    if slots is None:
+                    runs = layout.runs.get((layer, module, matrix))
+                    if runs is None:
                         raise ValueError(f"layout lacks {module} {matrix} in layer {layer}")
-                    pages = torch.tensor([page_ids[p] for p, _ in slots], device=self.device)
-                    offs = torch.tensor([o for _, o in slots], device=self.device)
-                    width = w.shape[1]
-                    self.rows[layer, pages, offs, :width] = w.to(device=self.device, dtype=self.dtype,
-                                                                  non_blocking=True)
-                    rows[matrix] = _Rows(pages, offs, width)
+                    w = w.to(device=self.device, dtype=self.dtype, non_blocking=True)
+                    width, starts = w.shape[1], []
+                    for run in runs:  # `count` rows back to back, each `slots_per_row` slots long
+                        step = run.slots_per_row * g.row_width
+                        begin = page_ids[run.page_index] * E + run.offset * g.row_width
+                        block = self._flat[layer, begin:begin + run.count * step].view(run.count, step)
+                        block[:, :width] = w[run.first_row:run.first_row + run.count]
+                        first = page_ids[run.page_index] * g.rows_per_page + run.offset
+                        starts += range(first, first + run.count * run.slots_per_row, run.slots_per_row)
+                    rows[matrix] = _Rows(torch.tensor(starts, device=self.device), width)
                 tables[(layer, module)] = (rows["A"], rows["B"], scale)
         if stream is not None:
             stream.synchronize()
         return PooledLora(staged.adapter_id, tables)
 
     def gather(self, layer: int, rows: _Rows) -> torch.Tensor:
-        """The rows of one matrix, [r, width], read from the pool pages."""
-        return self.rows[layer, rows.pages, rows.slots, :rows.width]
+        """The rows of one matrix, [r, width], read where they sit in the pool pages."""
+        # row j of the unfold view is the `width` elements starting at slot j: no copy
+        view = self._flat[layer].unfold(0, rows.width, self.geometry.row_width)
+        return view.index_select(0, rows.slots)
 
 
 class _nullctx:

@@ -1,18 +1,20 @@
 """Where an adapter's LoRA rows live inside the unified page pool.
 
 A page is one KV block: `block_size` tokens of K and V in every layer. Seen from
-the LoRA side, the page's storage in one layer is `rows_per_page` row slots of
-`row_width` elements each (S-LoRA's "slot": one hidden-size vector). One LoRA
-row goes into one slot, so no row ever straddles a page as long as
-`row_width` is at least the longest row.
+the LoRA side, the page's storage in one layer is `rows_per_page` slots of
+`row_width` elements each (S-LoRA's "slot"). A LoRA row of L elements takes
+ceil(L / row_width) consecutive slots of one page, so rows never straddle pages
+and, with `row_width` chosen to divide every row length, no element is wasted
+inside a row: narrow rows (q/k/v) and wide rows (MLP) share pages without
+padding every row to the longest.
 
 For each target module of a rank-r adapter, A (r x in) contributes r rows of
 length `in` and B^T (r x out) r rows of length `out`. Per layer the rows are
-packed in module order, A before B, into consecutive slots; slot s of the
-adapter lies in its page `s // rows_per_page` at offset `s % rows_per_page`.
-An adapter owns whole pages in every layer, so its page count is the largest
-per-layer slot count rounded up to pages. Everything here is plain Python: the
-worker maps the adapter's page indices to pool page ids and gathers rows.
+packed in module order, A before B, into consecutive slots, moving on to the
+next page when a row does not fit in the current one. An adapter owns whole
+pages in every layer, so its page count is the largest per-layer page count.
+Everything here is plain Python: the worker maps the adapter's page indices to
+pool page ids and gathers rows.
 """
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ class PageGeometry:
     def __post_init__(self) -> None:
         if self.rows_per_page <= 0 or self.row_width <= 0:
             raise ValueError(f"rows_per_page and row_width must be positive, got {self}")
+
+    def slots_for(self, row_len: int) -> int:
+        """Consecutive slots one row of `row_len` elements occupies."""
+        return -(-row_len // self.row_width)
 
     @classmethod
     def for_kv_block(cls, block_size: int, kv_dim: int, row_width: int) -> PageGeometry:
@@ -103,12 +109,14 @@ class AdapterShape:
 
 @dataclass(frozen=True)
 class RowRun:
-    """Rows first_row .. first_row+count-1 of one matrix, in consecutive slots of one page."""
+    """Rows first_row .. first_row+count-1 of one matrix, back to back in one page: row
+    first_row + i starts at slot offset + i * slots_per_row."""
 
     page_index: int
     offset: int
     first_row: int
     count: int
+    slots_per_row: int = 1
 
 
 @dataclass
@@ -120,7 +128,7 @@ class AdapterLayout:
 
     def slots(self, layer: int, module: str, matrix: str) -> list[tuple[int, int]]:
         """(page_index, offset) of every row of one matrix, in row order."""
-        return [(r.page_index, r.offset + i) for r in self.runs[(layer, module, matrix)]
+        return [(r.page_index, r.offset + i * r.slots_per_row) for r in self.runs[(layer, module, matrix)]
                 for i in range(r.count)]
 
     def pool_rows(self, page_ids: list[int], layer: int, module: str, matrix: str) -> list[int]:
@@ -131,30 +139,44 @@ class AdapterLayout:
         return [page_ids[p] * rpp + off for p, off in self.slots(layer, module, matrix)]
 
 
-def pages_needed(geometry: PageGeometry, shape: AdapterShape) -> int:
+def _pack_layer(geometry: PageGeometry, modules: list[LoraModuleShape]
+                ) -> tuple[int, dict[tuple[str, str], list[RowRun]]]:
+    """(pages used, runs per (module, matrix)) for one layer's rows."""
     rpp = geometry.rows_per_page
-    return max(-(-sum(m.rows_per_layer for m in shape.modules_in(layer)) // rpp)
-               for layer in range(shape.num_layers))
+    page, slot = 0, 0  # next free slot
+    runs: dict[tuple[str, str], list[RowRun]] = {}
+    for m in modules:
+        for matrix, row_len in zip(MATRICES, (m.in_features, m.out_features)):
+            k = geometry.slots_for(row_len)
+            out: list[RowRun] = []
+            row = 0
+            while row < m.rank:
+                fit = (rpp - slot) // k
+                if fit == 0:  # the row does not fit in what is left of this page
+                    page, slot = page + 1, 0
+                    continue
+                count = min(m.rank - row, fit)
+                out.append(RowRun(page, slot, row, count, k))
+                row += count
+                slot += count * k
+            runs[(m.name, matrix)] = out
+    return page + (1 if slot else 0), runs
+
+
+def pages_needed(geometry: PageGeometry, shape: AdapterShape) -> int:
+    return max(_pack_layer(geometry, shape.modules_in(layer))[0] for layer in range(shape.num_layers))
 
 
 def layout_adapter(geometry: PageGeometry, shape: AdapterShape) -> AdapterLayout:
-    """Pack every row of the adapter into its pages; raises ValueError if a row is wider than a slot."""
-    if shape.max_row_len > geometry.row_width:
-        raise ValueError(f"longest row has {shape.max_row_len} elements but a slot holds "
-                         f"{geometry.row_width}: pages must be at least as wide as the longest row")
-    rpp = geometry.rows_per_page
-    layout = AdapterLayout(geometry, pages_needed(geometry, shape))
+    """Pack every row of the adapter into its pages; raises ValueError if a row is wider than a page."""
+    if geometry.slots_for(shape.max_row_len) > geometry.rows_per_page:
+        raise ValueError(f"longest row has {shape.max_row_len} elements but a page holds "
+                         f"{geometry.rows_per_page * geometry.row_width}: pages must be at least as "
+                         f"wide as the longest row")
+    layout = AdapterLayout(geometry, 0)
     for layer in range(shape.num_layers):
-        slot = 0
-        for m in shape.modules_in(layer):
-            for matrix in MATRICES:
-                runs: list[RowRun] = []
-                row = 0
-                while row < m.rank:
-                    # fill the current page, then continue at the next page's first slot
-                    count = min(m.rank - row, rpp - slot % rpp)
-                    runs.append(RowRun(slot // rpp, slot % rpp, row, count))
-                    row += count
-                    slot += count
-                layout.runs[(layer, m.name, matrix)] = runs
+        used, runs = _pack_layer(geometry, shape.modules_in(layer))
+        layout.num_pages = max(layout.num_pages, used)
+        for (name, matrix), r in runs.items():
+            layout.runs[(layer, name, matrix)] = r
     return layout

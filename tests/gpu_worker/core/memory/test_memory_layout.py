@@ -55,10 +55,35 @@ def test_pool_rows_map_page_indices_to_global_rows():
         layout.pool_rows([7], 0, "q", "B")
 
 
-def test_rows_wider_than_a_slot_are_rejected():
+def test_rows_wider_than_a_page_are_rejected():
     shape = AdapterShape.uniform(2, 8, {"down_proj": (11008, 4096)})
-    with pytest.raises(ValueError):
-        layout_adapter(PageGeometry(32, 4096), shape)
+    with pytest.raises(ValueError, match="at least as wide"):
+        layout_adapter(PageGeometry(2, 4096), shape)
+
+
+def test_wide_rows_take_consecutive_slots_and_never_straddle_a_page():
+    # SmolLM2-like widths: slots of 192 elements; q rows take 3 slots, MLP rows 8
+    geom = PageGeometry(rows_per_page=32, row_width=192)
+    shape = AdapterShape(1, (LoraModuleShape("q_proj", 5, 576, 576),
+                             LoraModuleShape("down_proj", 3, 1536, 576)))
+    layout = layout_adapter(geom, shape)
+    used: set[tuple[int, int]] = set()
+    for m in shape.modules:
+        for mat, width in (("A", m.in_features), ("B", m.out_features)):
+            k = geom.slots_for(width)
+            for page, off in layout.slots(0, m.name, mat):
+                assert off + k <= geom.rows_per_page, "a row straddles a page"
+                cells = {(page, off + i) for i in range(k)}
+                assert not cells & used, "two rows share a slot"
+                used |= cells
+    # q: 10 rows x 3 slots = 30 of page 0; down A: 3 rows x 8 slots do not fit the 2 left -> page 1
+    # (24 slots); down B: 2 rows x 3 slots fill page 1 to 30, the third goes to page 2
+    assert layout.slots(0, "q_proj", "A")[:2] == [(0, 0), (0, 3)]
+    assert layout.slots(0, "down_proj", "A") == [(1, 0), (1, 8), (1, 16)]
+    assert layout.slots(0, "down_proj", "B") == [(1, 24), (1, 27), (2, 0)]
+    assert layout.num_pages == pages_needed(geom, shape) == 3
+    # versus one 1536-wide slot per row: 16 rows at 4 per page = 4 pages
+    assert pages_needed(PageGeometry(4, 1536), shape) == 4
 
 
 @pytest.mark.parametrize("make", [
