@@ -97,6 +97,11 @@ class EngineThread:
             if seqs:
                 self._cb.adapter_failed(seqs, code, message)
 
+    def _ask_fetches(self) -> None:
+        fetch = self.engine.take_fetches()
+        if fetch:
+            self._cb.need_fetch(fetch)
+
     def _drain(self, block: bool) -> None:
         try:
             kind, arg = self._cmds.get(block=block, timeout=0.1 if block else None)
@@ -107,6 +112,7 @@ class EngineThread:
                 self._apply(kind, arg)
             except Exception:  # a bad command must not kill the engine thread
                 log.exception("engine command %s failed", kind)
+            self._ask_fetches()
             try:
                 kind, arg = self._cmds.get_nowait()
             except queue.Empty:
@@ -133,5 +139,8 @@ class EngineThread:
                     self.engine.abort(s.request_id)
                 self._cb.failed(victims, e)
                 continue
+            self._ask_fetches()
             if events:
                 self._cb.events(events)
+            elif not self.engine.num_running:
+                self._drain(block=True)  # nothing could run: wait for a command, do not spin

@@ -79,13 +79,22 @@ class BatchPlanner:
         return sum(max(0, pages_for(s.max_len, self.block_size) - len(s.block_table))
                    for s in self.running)
 
+    def waiting_pages(self) -> int:
+        """Pages the ready (not yet running) requests need for their whole context."""
+        return self.pages_for(self.waiting)
+
+    def pages_for(self, seqs) -> int:
+        return sum(pages_for(s.max_len, self.block_size) for s in seqs)
+
     def plan(self) -> StepPlan:
         plan = StepPlan()
         for s in self.running:
             self._grow(s, s.num_tokens)  # this step writes K/V at position num_tokens - 1
             plan.decode.append(s)
         budget = self.max_step_tokens - len(plan.decode)
-        spare = self.kv.kv_available_pages() - self.reserved_pages() - self.held_back()
+        # hold back only while something runs: with nothing running no pages will free up
+        held = self.held_back() if self.running else 0
+        spare = self.kv.kv_available_pages() - self.reserved_pages() - held
         while self.waiting and len(self.running) < self.max_running:
             s = self.waiting[0]
             whole = pages_for(s.max_len, self.block_size)

@@ -63,9 +63,11 @@ class Engine:
         self.kv = PagedKVCache(model.config, cfg.num_blocks, cfg.block_size, device=model.device,
                                dtype=model.dtype, storage=self.pool.storage)
         self.planner = BatchPlanner(self.memory, cfg.block_size, cfg.max_running, cfg.max_step_tokens)
-        self.memory.kv_reserved = self.planner.reserved_pages
+        self.memory.kv_reserved = lambda: self.planner.reserved_pages() + self.planner.waiting_pages()
+        self.memory.kv_pages_for = self.planner.pages_for
         self.planner.held_back = self.memory.pending_pages
         self._by_id: dict[str, Sequence] = {}
+        self._to_fetch: list[str] = []   # adapters the caller must fetch and `install`
 
     # -- requests ---------------------------------------------------------
     def add(self, seq: Sequence) -> list[str]:
@@ -81,7 +83,13 @@ class Engine:
             seq.generator = torch.Generator(device=self.model.device).manual_seed(seq.spec.seed)
         seq.stop_checker = StopChecker(self.tokenizer, seq.spec.stop)
         self._by_id[seq.request_id] = seq
-        return self._take(self.memory.admit(seq))
+        self._take(self.memory.admit(seq))
+        return self.take_fetches()
+
+    def take_fetches(self) -> list[str]:
+        """Adapters waiting requests need that are not resident (also after evictions)."""
+        out, self._to_fetch = self._to_fetch, []
+        return out
 
     def install(self, staged: StagedAdapter) -> None:
         """An adapter's weights arrived; its waiting requests become runnable once it fits.
@@ -95,10 +103,10 @@ class Engine:
             self._by_id.pop(s.request_id, None)
         return seqs
 
-    def _take(self, ev: MemoryEvents) -> list[str]:
+    def _take(self, ev: MemoryEvents) -> None:
         for s in ev.ready:
             self.planner.add(s)
-        return ev.need_fetch
+        self._to_fetch += [a for a in ev.need_fetch if a not in self._to_fetch]
 
     def abort(self, request_id: str) -> Sequence | None:
         seq = self._by_id.get(request_id)

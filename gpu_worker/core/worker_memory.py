@@ -51,9 +51,12 @@ class WorkerMemory:
         self._pending: dict[str, _Pending] = {}           # fetched, waiting for pages
         self._fetching: set[str] = set()
         self._holders: dict[str, str] = {}                # request id -> adapter id it holds
-        # pages admitted requests may still allocate (the batch planner's reservation);
-        # an adapter load must leave them free or a running request could not grow
+        # Set by the engine. `kv_reserved`: pages the requests the batch planner holds (running
+        # and ready) may still allocate; `kv_pages_for`: pages requests need for their whole
+        # context. An adapter load must leave room for all of those plus one of its own
+        # requests, or pinned adapters could leave ready requests with no KV pages (deadlock).
         self.kv_reserved: Callable[[], int] = lambda: 0
+        self.kv_pages_for: Callable[[list[Sequence]], int] = lambda seqs: 0
 
     # -- KV pages (the batch planner's allocator) ---------------------------
     def allocate_kv(self, owner: str, n: int) -> list[int] | None:
@@ -72,24 +75,21 @@ class WorkerMemory:
         return self._resident.get(adapter_id)
 
     def admit(self, seq: Sequence) -> MemoryEvents:
-        """A request arrived. Base-model requests and hits are ready at once."""
+        """A request arrived. Base-model requests are ready at once, hits once pinning their
+        adapter leaves the KV room admitted requests need; misses start a fetch."""
         ev = MemoryEvents()
         aid = seq.adapter_id
         if aid is None:
             ev.ready.append(seq)
             return ev
         hit = self.cache.lookup(aid)
-        if hit and aid in self._resident:
-            self._hold(seq)
-            ev.ready.append(seq)
-            return ev
         self._parked.setdefault(aid, []).append(seq)
-        if aid not in self._fetching and aid not in self._pending and not self.cache.is_loading(aid):
-            self._fetching.add(aid)
-            ev.need_fetch.append(aid)
+        if hit and aid in self._resident:
+            self._ready_if_room(aid, ev)
+        else:
+            self._fetch_if_needed(aid, ev)
         self._update_demand()
         return ev
-
     def staged(self, staged: StagedAdapter) -> MemoryEvents:
         """Weights for an adapter arrived from the store."""
         self._fetching.discard(staged.adapter_id)
@@ -124,30 +124,59 @@ class WorkerMemory:
         return self._parked.pop(adapter_id, [])
 
     def retry(self) -> MemoryEvents:
-        """Install pending adapters that fit now (call after pages were freed)."""
+        """Let waiting requests in where room allows (call after pages were freed)."""
         ev = MemoryEvents()
-        for aid in list(self._pending):
-            if aid not in self._parked:        # nobody wants it any more
-                del self._pending[aid]
-                continue
-            staged = self._pending[aid].staged
-            layout = self.pool.layout(staged)
-            if (self.cache.policy.slots is None
-                    and self.cache.kv_available_pages() - layout.num_pages < self.kv_reserved()):
-                continue  # wait for running requests to finish
-            pages = self.cache.reserve_for_load(aid, layout.num_pages, digest=staged.digest,
-                                                nbytes=staged.nbytes, rank=staged.rank)
-            if pages is None:
-                continue
-            self._resident[aid] = self.pool.install(staged, layout, pages, self.copy_stream)
-            self.cache.mark_loaded(aid)
-            del self._pending[aid]
-            for seq in self._parked.pop(aid, []):
-                self._hold(seq)
-                ev.ready.append(seq)
+        for aid in list(self._parked):
+            if aid in self._resident and self.cache.is_resident(aid):
+                self._ready_if_room(aid, ev)
+            elif aid in self._pending:
+                self._install_if_room(aid, ev)
+            else:  # evicted while its requests waited for room: fetch it again
+                self._fetch_if_needed(aid, ev)
+        for aid in [a for a in self._pending if a not in self._parked]:
+            del self._pending[aid]             # nobody wants it any more
         self._drop_evicted()
         self._update_demand()
         return ev
+
+    def _fits(self, aid: str, extra_pages: int) -> bool:
+        """Would `extra_pages` more adapter pages (plus one of aid's requests) leave the KV
+        room every admitted request may still need?"""
+        if self.cache.policy.slots is not None:
+            return True  # lru adapters live in reserved slots, apart from KV
+        room = self.cache.kv_available_pages() - extra_pages
+        return room - self.kv_pages_for(self._parked[aid][:1]) >= self.kv_reserved()
+
+    def _ready_if_room(self, aid: str, ev: MemoryEvents) -> None:
+        e = self.cache.entry(aid)
+        idle_pages = len(e.pages) if not e.holders else 0  # pinning an idle adapter takes its pages
+        if not self._fits(aid, idle_pages):
+            return
+        for seq in self._parked.pop(aid):
+            self._hold(seq)
+            ev.ready.append(seq)
+
+    def _install_if_room(self, aid: str, ev: MemoryEvents) -> None:
+        staged = self._pending[aid].staged
+        layout = self.pool.layout(staged)
+        if not self._fits(aid, layout.num_pages):
+            return  # wait for running requests to finish
+        pages = self.cache.reserve_for_load(aid, layout.num_pages, digest=staged.digest,
+                                            nbytes=staged.nbytes, rank=staged.rank)
+        if pages is None:
+            return
+        self._drop_evicted()  # room may have come from evicting idle adapters
+        self._resident[aid] = self.pool.install(staged, layout, pages, self.copy_stream)
+        self.cache.mark_loaded(aid)
+        del self._pending[aid]
+        for seq in self._parked.pop(aid):
+            self._hold(seq)
+            ev.ready.append(seq)
+
+    def _fetch_if_needed(self, aid: str, ev: MemoryEvents) -> None:
+        if aid not in self._fetching and aid not in self._pending and not self.cache.is_loading(aid):
+            self._fetching.add(aid)
+            ev.need_fetch.append(aid)
 
     def release(self, seq: Sequence) -> None:
         """A request finished or was cancelled."""

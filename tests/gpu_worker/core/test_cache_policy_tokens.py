@@ -134,3 +134,42 @@ def test_an_adapter_larger_than_the_pool_fails_its_requests_clearly(parts):
     with pytest.raises(AdapterTooLargeError, match="pool-memory-bytes"):
         eng.install(stage_adapter(adapters[name], model.config))
     assert eng.adapter_failed(name) == [s] and eng.idle()
+
+
+def test_pinning_an_idle_cached_adapter_leaves_running_requests_their_pages(parts):
+    """An idle cached adapter's pages count as available to KV; a hit that pins it must wait
+    if running requests will need those pages."""
+    model, tok, adapters = parts
+    probe = Engine(model, tok, EngineConfig(block_size=4, num_blocks=8, max_context=64, max_step_tokens=64))
+    sizes = {n: probe.pool.layout(stage_adapter(a, model.config)).num_pages for n, a in adapters.items()}
+    name = min(sizes, key=sizes.get)
+    prompt = tok.encode(PROMPTS[0], add_special_tokens=False).ids
+    per_request = -(-(len(prompt) + 24) // 4)
+    pool = 2 * per_request + sizes[name] - 4
+    eng = Engine(model, tok, EngineConfig(block_size=4, num_blocks=pool, max_running=4,
+                                          max_step_tokens=64, max_context=64))
+
+    def drain():
+        for _ in range(500):
+            if eng.idle():
+                return
+            eng.step()
+            for aid in eng.take_fetches():  # evicted for KV meanwhile: load it again
+                eng.install(stage_adapter(adapters[aid], model.config))
+        raise AssertionError("no progress")
+
+    warm = Sequence("warm", prompt, SamplingSpec(max_tokens=4), adapter_id=name)
+    assert eng.add(warm) == [name]
+    eng.install(stage_adapter(adapters[name], model.config))
+    drain()
+    assert eng.memory.stats().cached_adapters == (name,)  # cached, idle
+    base = [Sequence(f"b{i}", prompt, SamplingSpec(max_tokens=24)) for i in range(2)]
+    for s in base:
+        eng.add(s)
+    eng.step()
+    eng.step()
+    hit = Sequence("hit", prompt, SamplingSpec(max_tokens=24), adapter_id=name)
+    assert eng.add(hit) == []  # a hit: nothing to fetch, but it has to wait for room
+    drain()
+    assert all(s.finish is not None for s in base + [hit])
+    assert eng.memory.stats().hits >= 1
