@@ -33,7 +33,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--adapters", type=int, default=24, help="distinct adapters the load uses")
     ap.add_argument("--concurrency", type=int, default=48)
     ap.add_argument("--max-tokens", type=int, default=24)
-    ap.add_argument("--policy", default="fifo")
+    ap.add_argument("--sched-policy", "--policy", dest="policy", default="chameleon",
+                    help="scheduler admission policy: fifo (S-LoRA), sjf, static-mlq, chameleon")
+    ap.add_argument("--cache-policy", default="chameleon",
+                    help="worker adapter cache: slora (no caching), lru, chameleon, chameleon-lru, "
+                         "chameleon-fairshare")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     ap.add_argument("--seed", type=int, default=0)
 
@@ -82,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"[demo] assets ready in {time.perf_counter() - t0:.1f}s: {model.name}, "
           f"{len(adapter_ids)} of {len(list(adapters_dir.iterdir()))} adapters in the load")
     spec = ClusterSpec(model=model, adapters=adapters_dir, policy=args.policy,
-                       worker_args=["--max-running", str(args.concurrency)])
+                       worker_args=["--max-running", str(args.concurrency),
+                                    "--cache-policy", args.cache_policy])
     print("[demo] starting adapter store, worker and scheduler ...", flush=True)
     with Cluster(spec) as cluster:
         print(f"[demo] scheduler at {cluster.address}; logs in {cluster.dir}", flush=True)
@@ -92,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
                                              on_done=lambda r: bar.update(1)))
         bar.close()
         summary = summarize(results, wall)
-        print_table(summary, f"live on CPU: {args.policy} scheduler, {len(set(r.adapter for r in reqs if r.adapter))} "
+        print_table(summary, f"live on CPU: {args.policy} scheduler, {args.cache_policy} cache, "
+                             f"{len(set(r.adapter for r in reqs if r.adapter))} "
                              f"adapters, SmolLM2-135M-Instruct")
         errors = [r.error for r in results if r.error]
         if errors:
@@ -108,5 +114,6 @@ def run(args: argparse.Namespace) -> int:
         codes = cluster.stop()
     print(f"[demo] services stopped (exit codes {codes})")
     if args.json:
-        args.json.write_text(json.dumps({"label": "live on CPU", **summary}, indent=2))
+        args.json.write_text(json.dumps({"label": "live on CPU", "sched_policy": args.policy,
+                                           "cache_policy": args.cache_policy, **summary}, indent=2))
     return 0 if not errors and "Paris" in text else 1

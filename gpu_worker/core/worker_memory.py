@@ -105,17 +105,28 @@ class WorkerMemory:
         return self.retry()
 
     def pending_pages(self) -> int:
-        """Pages that fetched adapters with waiting requests still need. The batch planner
+        """Pages requests waiting here for room still need: their adapter's pages (fetched but
+        not installed, or cached but idle) and the first request's context. The batch planner
         holds them back from new admissions, so a stream of requests whose adapters are
         resident cannot starve a request whose adapter is waiting for room."""
-        if self.cache.policy.slots is not None or not self._pending:
+        if self.cache.policy.slots is not None or not self._parked:
             return 0  # lru adapters live in their reserved slots, not in KV pages
-        # only adapters that will fit once the running requests finish: one that waits on
-        # pages pinned by requests not yet running must not block those requests (deadlock)
-        st = self.cache.stats()
-        eventually = st.kv_available_pages + st.kv_pages
-        return sum(p.pages for aid, p in self._pending.items()
-                   if aid in self._parked and p.pages <= eventually)
+        # only what fits once the running requests finish: something that waits on pages
+        # pinned by requests not yet running must not block those requests (deadlock)
+        eventually = self.cache.kv_available_pages() + self.cache.kv_pages
+        total = 0
+        for aid, seqs in self._parked.items():
+            if aid in self._pending:
+                adapter = self._pending[aid].pages
+            elif aid in self._resident and self.cache.is_resident(aid):
+                e = self.cache.entry(aid)
+                adapter = 0 if e.holders else len(e.pages)
+            else:
+                continue  # still being fetched
+            need = adapter + self.kv_pages_for(seqs[:1])
+            if need <= eventually:
+                total += need
+        return total
 
     def fetch_failed(self, adapter_id: str) -> list[Sequence]:
         """The store could not deliver: these parked requests must fail."""

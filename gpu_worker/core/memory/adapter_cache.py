@@ -113,6 +113,11 @@ class AdapterCache:
     def pages_of(self, adapter_id: str) -> list[int]:
         return list(self._entries[adapter_id].pages)
 
+    @property
+    def kv_pages(self) -> int:
+        """Pages held by KV owners (running requests) right now."""
+        return self._kv_pages
+
     def kv_pages_of(self, owner: str) -> list[int]:
         return self.pool.pages_of(_kv_owner(owner))
 
