@@ -3,6 +3,7 @@ policy, dispatches admissions over the workers' streams and relays tokens."""
 from __future__ import annotations
 
 import asyncio
+import random
 import logging
 import time
 import uuid
@@ -128,6 +129,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         params = common_pb2.SamplingParams()
         params.CopyFrom(p)
         params.max_tokens = min(p.max_tokens, ctx - len(ids))
+        if params.temperature > 0 and not params.HasField("seed"):
+            # pin the sample: a re-run after a squash or a lost worker then regenerates the very
+            # tokens the client already has, so skipping that prefix leaves one clean stream
+            params.seed = random.getrandbits(62)
         admit = worker_pb2.Admit(request_id=rid, prompt_token_ids=ids, adapter_id=request.adapter_id,
                                  params=params)
         pending = PendingRequest(request_id=rid, adapter_id=request.adapter_id or None,
