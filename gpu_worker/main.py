@@ -31,6 +31,7 @@ class WorkerConfig:
     cache_policy: str = "chameleon"         # slora | lru | chameleon | chameleon-lru | chameleon-fairshare
     lru_slots: int = 8                      # --cache-policy lru: adapter slots reserved at max rank
     lru_max_rank: int = 128                 # --cache-policy lru: the rank a slot is sized for
+    predictive_prefetch: bool = False       # histogram-based prefetch of adapters expected soon
     staging_dir: Path | None = None
     grace_s: float = 10.0
 
@@ -93,6 +94,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="slora | lru | chameleon | chameleon-lru | chameleon-fairshare")
     ap.add_argument("--lru-slots", type=int, default=d["lru_slots"].default)
     ap.add_argument("--lru-max-rank", type=int, default=d["lru_max_rank"].default)
+    ap.add_argument("--predictive-prefetch", action="store_true",
+                    help="prefetch adapters whose requests an inter-arrival histogram expects "
+                         "within 2 s into free pages (never evicts; off by default)")
     ap.add_argument("--staging-dir", type=Path)
     ap.add_argument("--grace-s", type=float, default=d["grace_s"].default)
 
@@ -104,6 +108,7 @@ def config_from_args(a: argparse.Namespace) -> WorkerConfig:
                         gpu_memory_fraction=a.gpu_memory_fraction, max_running=a.max_running,
                         max_context=a.max_context, cache_policy=a.cache_policy,
                         lru_slots=a.lru_slots, lru_max_rank=a.lru_max_rank,
+                        predictive_prefetch=a.predictive_prefetch,
                         staging_dir=a.staging_dir, grace_s=a.grace_s)
 
 
@@ -115,6 +120,7 @@ async def serve(cfg: WorkerConfig) -> None:
     from chameleon.v1 import worker_pb2
     from gpu_worker.adapter_fetcher import AdapterFetcher
     from gpu_worker.core.engine import Engine, EngineConfig
+    from gpu_worker.core.memory import PrefetcherConfig
     from gpu_worker.core.model import LlamaModel
     from gpu_worker.service import WorkerService
 
@@ -137,7 +143,8 @@ async def serve(cfg: WorkerConfig) -> None:
     engine = Engine(model, Tokenizer.from_file(str(cfg.model / "tokenizer.json")),
                     EngineConfig(block_size=cfg.block_size, num_blocks=int(num_pages),
                                  max_running=cfg.max_running, max_step_tokens=max(2048, max_context),
-                                 max_context=max_context, cache=cache))
+                                 max_context=max_context, cache=cache,
+                                 prefetch=PrefetcherConfig() if cfg.predictive_prefetch else None))
     info = worker_pb2.WorkerInfo(
         worker_id=cfg.worker_id, model_name=cfg.model.name, max_context=max_context,
         vocab_size=mc.vocab_size, block_size=cfg.block_size, total_pages=int(num_pages),

@@ -16,6 +16,7 @@ from .batch_planner import BatchPlanner, StepPlan
 from .detokenizer import StopChecker
 from .kv_cache import PagedKVCache
 from .memory.policy import CacheConfig
+from .memory.prefetch import ArrivalHistogramPrefetcher, PrefetcherConfig
 from .model import ForwardBatch, LlamaModel
 from .sampling import sample
 from .sequence import Finish, Sequence
@@ -31,6 +32,8 @@ class EngineConfig:
     max_step_tokens: int = 2048
     max_context: int = 2048
     cache: CacheConfig = field(default_factory=CacheConfig)
+    # the optional histogram-based predictive prefetcher (issue #3); None = off
+    prefetch: PrefetcherConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_running", "max_step_tokens", "max_context"):
@@ -59,7 +62,8 @@ class Engine:
         self.eos_ids = set(model.config.eos_token_ids)
         self.pool = UnifiedPool(model.config, cfg.num_blocks, cfg.block_size, model.device, model.dtype)
         copy_stream = torch.cuda.Stream() if model.device.type == "cuda" else None
-        self.memory = WorkerMemory(self.pool, cfg.cache, clock, copy_stream)
+        prefetcher = ArrivalHistogramPrefetcher(cfg.prefetch, clock) if cfg.prefetch else None
+        self.memory = WorkerMemory(self.pool, cfg.cache, clock, copy_stream, prefetcher)
         self.kv = PagedKVCache(model.config, cfg.num_blocks, cfg.block_size, device=model.device,
                                dtype=model.dtype, storage=self.pool.storage)
         self.planner = BatchPlanner(self.memory, cfg.block_size, cfg.max_running, cfg.max_step_tokens)
@@ -87,9 +91,10 @@ class Engine:
         return self.take_fetches()
 
     def take_fetches(self) -> list[str]:
-        """Adapters waiting requests need that are not resident (also after evictions)."""
+        """Adapters to fetch: ones waiting requests need that are not resident (also after
+        evictions), then the predictive prefetcher's guesses when it is on."""
         out, self._to_fetch = self._to_fetch, []
-        return out
+        return out + [a for a in self.memory.prefetch_candidates() if a not in out]
 
     def install(self, staged: StagedAdapter) -> None:
         """An adapter's weights arrived; its waiting requests become runnable once it fits.

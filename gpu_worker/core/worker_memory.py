@@ -16,6 +16,7 @@ import torch
 
 from .memory.adapter_cache import AdapterCache, CacheStats
 from .memory.page_pool import PagePool
+from .memory.prefetch import ArrivalHistogramPrefetcher
 from .memory.policy import CacheConfig
 from .sequence import Sequence
 from .unified_pool import PooledLora, StagedAdapter, UnifiedPool
@@ -40,8 +41,10 @@ class MemoryEvents:
 
 class WorkerMemory:
     def __init__(self, pool: UnifiedPool, cache_config: CacheConfig, clock: Callable[[], float],
-                 copy_stream: "torch.cuda.Stream | None" = None):
+                 copy_stream: "torch.cuda.Stream | None" = None,
+                 prefetcher: ArrivalHistogramPrefetcher | None = None):
         self.pool = pool
+        self.prefetcher = prefetcher
         self.clock = clock
         self.pages = PagePool(pool.num_pages)
         self.cache = AdapterCache(self.pages, cache_config, clock)
@@ -82,6 +85,8 @@ class WorkerMemory:
         if aid is None:
             ev.ready.append(seq)
             return ev
+        if self.prefetcher is not None:
+            self.prefetcher.observe(aid)
         hit = self.cache.lookup(aid)
         self._parked.setdefault(aid, []).append(seq)
         if hit and aid in self._resident:
@@ -101,8 +106,37 @@ class WorkerMemory:
                 f"adapter {staged.adapter_id!r} needs {pages} pages of the worker's memory pool, "
                 f"which can give an adapter at most {room}: raise --pool-memory-bytes"
                 + (" or --lru-max-rank" if self.cache.policy.slots is not None else ""))
+        if staged.adapter_id not in self._parked:  # a speculative prefetch nobody waits for
+            self._install_speculative(staged)
+            return MemoryEvents()
         self._pending[staged.adapter_id] = _Pending(staged, self.clock(), pages)
         return self.retry()
+
+    def prefetch_candidates(self) -> list[str]:
+        """Adapters the predictive prefetcher expects soon that are neither here nor coming;
+        they are marked as being fetched (the caller fetches them and calls `staged`)."""
+        if self.prefetcher is None:
+            return []
+        self._drop_evicted()
+        busy = set(self._resident) | set(self._pending) | self._fetching | set(self._parked)
+        out = [a for a in self.prefetcher.predict(exclude=busy) if not self.cache.is_resident(a)]
+        self._fetching.update(out)
+        return out
+
+    def _install_speculative(self, staged: StagedAdapter) -> None:
+        """Cache a prefetched adapter in free pages only, never evicting anything and leaving
+        admitted requests their KV room; otherwise drop the guess."""
+        aid = staged.adapter_id
+        layout = self.pool.layout(staged)
+        free_after = self.cache.stats().free_pages - layout.num_pages
+        if self.cache.is_resident(aid) or free_after < self.kv_reserved():
+            return
+        pages = self.cache.reserve_for_load(aid, layout.num_pages, digest=staged.digest,
+                                            nbytes=staged.nbytes, rank=staged.rank, may_evict=False)
+        if pages is None:
+            return
+        self._resident[aid] = self.pool.install(staged, layout, pages, self.copy_stream)
+        self.cache.mark_loaded(aid)
 
     def pending_pages(self) -> int:
         """Pages requests waiting here for room still need: their adapter's pages (fetched but

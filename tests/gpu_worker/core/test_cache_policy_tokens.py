@@ -173,3 +173,39 @@ def test_pinning_an_idle_cached_adapter_leaves_running_requests_their_pages(part
     drain()
     assert all(s.finish is not None for s in base + [hit])
     assert eng.memory.stats().hits >= 1
+
+
+def test_predictive_prefetch_loads_an_adapter_before_its_request(parts):
+    from gpu_worker.core.memory import PrefetcherConfig
+
+    model, tok, adapters = parts
+    now = [0.0]
+    name = sorted(adapters)[0]
+    eng = Engine(model, tok, EngineConfig(block_size=4, num_blocks=1024, max_context=64, max_step_tokens=64,
+                                          prefetch=PrefetcherConfig(bin_s=0.5, horizon_s=0.5, min_samples=3)),
+                 clock=lambda: now[0])
+    prompt = tok.encode(PROMPTS[0], add_special_tokens=False).ids
+
+    def serve(i):
+        s = Sequence(f"r{i}", prompt, SamplingSpec(max_tokens=2), adapter_id=name)
+        for aid in eng.add(s):
+            eng.install(stage_adapter(adapters[aid], model.config))
+        while not eng.idle():
+            eng.step()
+        return s
+
+    for i in range(4):  # one request a second
+        now[0] = float(i)
+        serve(i)
+    assert eng.take_fetches() == []  # cached: nothing to prefetch
+    eng.memory.cache.flush()          # the adapter leaves the cache
+    now[0] = 3.2
+    assert eng.take_fetches() == []   # the next request is not due yet
+    now[0] = 3.6
+    assert eng.take_fetches() == [name]
+    eng.install(stage_adapter(adapters[name], model.config))  # speculative: cached, idle
+    assert eng.memory.stats().cached_adapters == (name,)
+    hits = eng.memory.stats().hits
+    now[0] = 4.0
+    serve(4)
+    assert eng.memory.stats().hits == hits + 1
