@@ -139,7 +139,14 @@ async def serve(cfg: WorkerConfig) -> None:
         free, _ = torch.cuda.mem_get_info()
         budget = int(free * cfg.gpu_memory_fraction)
     cache = cache_config(cfg, mc)
-    num_pages = max(budget // page_bytes, -(-max_context // cfg.block_size) + cache_reserved(cache))
+    reserved = cache_reserved(cache)
+    if reserved and budget // page_bytes < reserved + -(-max_context // cfg.block_size):
+        raise SystemExit(f"--cache-policy lru: {cfg.lru_slots} slots of rank {cfg.lru_max_rank} need "
+                         f"{reserved} pages ({reserved * page_bytes / 2**20:.0f} MiB) plus room for "
+                         f"one full-context request, but the pool holds {budget // page_bytes} pages: "
+                         f"lower --lru-slots or --lru-max-rank, or raise the pool size")
+    # at least one full-context request always fits
+    num_pages = max(budget // page_bytes, -(-max_context // cfg.block_size) + reserved)
     engine = Engine(model, Tokenizer.from_file(str(cfg.model / "tokenizer.json")),
                     EngineConfig(block_size=cfg.block_size, num_blocks=int(num_pages),
                                  max_running=cfg.max_running, max_step_tokens=max(2048, max_context),

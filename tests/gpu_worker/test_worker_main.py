@@ -1,0 +1,21 @@
+"""Worker start-up refuses configurations it cannot honour, saying what to change."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_lru_slots_larger_than_the_pool_are_refused_with_a_fix(tiny_assets):
+    r = subprocess.run([sys.executable, "-m", "gpu_worker.main", "--model", str(tiny_assets["model"]),
+                        "--store", "127.0.0.1:1", "--cache-policy", "lru", "--lru-slots", "64",
+                        "--lru-max-rank", "256", "--block-size", "4", "--pool-memory-bytes", str(1 << 20)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "lower --lru-slots or --lru-max-rank" in r.stderr, r.stderr[-2000:]
+
+
+def test_unknown_cache_policy_is_a_usage_error(tiny_assets):
+    r = subprocess.run([sys.executable, "-m", "gpu_worker.main", "--model", str(tiny_assets["model"]),
+                        "--store", "127.0.0.1:1", "--cache-policy", "mru"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown --cache-policy 'mru'" in r.stderr, r.stderr[-2000:]
