@@ -122,7 +122,7 @@ class Engine:
         return seq
 
     def has_work(self) -> bool:
-        return bool(self.planner.running or self.planner.waiting)
+        return bool(self.planner.running or self.planner.waiting or self.memory.copying())
 
     def idle(self) -> bool:
         return not self._by_id
@@ -137,6 +137,7 @@ class Engine:
 
     # -- the loop ---------------------------------------------------------
     def step(self) -> list[EngineEvent]:
+        self._take(self.memory.poll())  # adapters whose copy into the pool has landed
         plan = self.planner.plan()
         if not plan:
             return []

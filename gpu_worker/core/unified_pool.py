@@ -88,9 +88,14 @@ class _Rows:
 class PooledLora:
     """Row tables of one resident adapter: where each row of A and B^T lives in the pool."""
 
-    def __init__(self, adapter_id: str, tables: dict[tuple[int, str], tuple[_Rows, _Rows, float]]):
+    def __init__(self, adapter_id: str, tables: dict[tuple[int, str], tuple[_Rows, _Rows, float]],
+                 ready: "torch.cuda.Event | None" = None):
         self.adapter_id = adapter_id
         self.tables = tables
+        self.ready = ready  # None: the copy is done; else an event recorded after the copy
+
+    def is_ready(self) -> bool:
+        return self.ready is None or self.ready.query()
 
 
 class UnifiedPool:
@@ -115,9 +120,14 @@ class UnifiedPool:
 
     def install(self, staged: StagedAdapter, layout: AdapterLayout, page_ids: list[int],
                 stream: "torch.cuda.Stream | None" = None) -> PooledLora:
-        """Copy the staged weights into their pages; returns the adapter's row tables."""
+        """Copy the staged weights into their pages; returns the adapter's row tables.
+
+        With a CUDA `stream` the copies are queued on it and this returns at once: the
+        result's `ready` event completes when they have landed, while compute goes on."""
         g, E = self.geometry, self.page_elems
         tables = {}
+        if stream is not None:  # the pages may just have been freed by work on the compute stream
+            stream.wait_stream(torch.cuda.current_stream(self.device))
         ctx = torch.cuda.stream(stream) if stream is not None else _nullctx()
         with ctx:
             for (layer, module), (a, b, scale) in staged.weights.items():
@@ -137,9 +147,11 @@ class UnifiedPool:
                         starts += range(first, first + run.count * run.slots_per_row, run.slots_per_row)
                     rows[matrix] = _Rows(torch.tensor(starts, device=self.device), width)
                 tables[(layer, module)] = (rows["A"], rows["B"], scale)
+        ready = None
         if stream is not None:
-            stream.synchronize()
-        return PooledLora(staged.adapter_id, tables)
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        return PooledLora(staged.adapter_id, tables, ready)
 
     def gather(self, layer: int, rows: _Rows) -> torch.Tensor:
         """The rows of one matrix, [r, width], read where they sit in the pool pages."""

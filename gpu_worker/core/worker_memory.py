@@ -53,6 +53,9 @@ class WorkerMemory:
         self._parked: dict[str, list[Sequence]] = {}      # adapter id -> requests waiting for it
         self._pending: dict[str, _Pending] = {}           # fetched, waiting for pages
         self._fetching: set[str] = set()
+        # copies into pool pages still in flight (CUDA side stream): adapter id -> (tables, staged);
+        # `staged` keeps the pinned host tensors alive until the copy has landed
+        self._copying: dict[str, tuple[PooledLora, StagedAdapter]] = {}
         self._holders: dict[str, str] = {}                # request id -> adapter id it holds
         # Set by the engine. `kv_reserved`: pages the requests the batch planner holds (running
         # and ready) may still allocate; `kv_pages_for`: pages requests need for their whole
@@ -118,7 +121,8 @@ class WorkerMemory:
         if self.prefetcher is None:
             return []
         self._drop_evicted()
-        busy = set(self._resident) | set(self._pending) | self._fetching | set(self._parked)
+        busy = (set(self._resident) | set(self._pending) | self._fetching | set(self._parked)
+                | set(self._copying))
         out = [a for a in self.prefetcher.predict(exclude=busy) if not self.cache.is_resident(a)]
         self._fetching.update(out)
         return out
@@ -135,8 +139,8 @@ class WorkerMemory:
                                             nbytes=staged.nbytes, rank=staged.rank, may_evict=False)
         if pages is None:
             return
-        self._resident[aid] = self.pool.install(staged, layout, pages, self.copy_stream)
-        self.cache.mark_loaded(aid)
+        self._copying[aid] = (self.pool.install(staged, layout, pages, self.copy_stream), staged)
+        self._finish_copies(MemoryEvents())  # nobody waits for a speculative load
 
     def pending_pages(self) -> int:
         """Pages requests waiting here for room still need: their adapter's pages (fetched but
@@ -211,12 +215,30 @@ class WorkerMemory:
         if pages is None:
             return
         self._drop_evicted()  # room may have come from evicting idle adapters
-        self._resident[aid] = self.pool.install(staged, layout, pages, self.copy_stream)
-        self.cache.mark_loaded(aid)
         del self._pending[aid]
-        for seq in self._parked.pop(aid):
-            self._hold(seq)
-            ev.ready.append(seq)
+        self._copying[aid] = (self.pool.install(staged, layout, pages, self.copy_stream), staged)
+        self._finish_copies(ev)
+
+    def poll(self) -> MemoryEvents:
+        """Adapters whose copy into the pool has landed become usable (call every step)."""
+        ev = MemoryEvents()
+        if self._copying:
+            self._finish_copies(ev)
+        return ev
+
+    def copying(self) -> bool:
+        return bool(self._copying)
+
+    def _finish_copies(self, ev: MemoryEvents) -> None:
+        for aid, (pooled, _staged) in list(self._copying.items()):
+            if not pooled.is_ready():
+                continue
+            del self._copying[aid]
+            self._resident[aid] = pooled
+            self.cache.mark_loaded(aid)
+            for seq in self._parked.pop(aid, []):
+                self._hold(seq)
+                ev.ready.append(seq)
 
     def _fetch_if_needed(self, aid: str, ev: MemoryEvents) -> None:
         if aid not in self._fetching and aid not in self._pending and not self.cache.is_loading(aid):

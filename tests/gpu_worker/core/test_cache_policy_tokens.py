@@ -209,3 +209,51 @@ def test_predictive_prefetch_loads_an_adapter_before_its_request(parts):
     now[0] = 4.0
     serve(4)
     assert eng.memory.stats().hits == hits + 1
+
+
+class _SlowCopy:
+    """Stands in for a CUDA event on a side-stream copy that lands after a few polls."""
+
+    def __init__(self, polls: int):
+        self.polls = polls
+
+    def query(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+
+def test_requests_wait_for_an_asynchronous_adapter_copy_and_others_keep_running(parts):
+    model, tok, adapters = parts
+    name = sorted(adapters)[0]
+    prompt = tok.encode(PROMPTS[1], add_special_tokens=False).ids
+    eng = Engine(model, tok, EngineConfig(block_size=4, num_blocks=2048, max_context=64, max_step_tokens=64))
+    install = eng.pool.install
+
+    def slow_install(*args, **kwargs):
+        pooled = install(*args, **kwargs)
+        pooled.ready = _SlowCopy(polls=3)
+        return pooled
+
+    eng.pool.install = slow_install
+    base = Sequence("base", prompt, SamplingSpec(max_tokens=6))
+    lora = Sequence("lora", prompt, SamplingSpec(max_tokens=6), adapter_id=name)
+    eng.add(base)
+    assert eng.add(lora) == [name]
+    eng.install(stage_adapter(adapters[name], model.config))
+    assert eng.memory.copying() and eng.memory.stats().loading_adapters == (name,)
+    eng.step()  # the copy is in flight: only the base request runs
+    assert base.num_computed > 0 and lora.num_computed == 0
+    steps = 0
+    while not eng.idle():
+        eng.step()
+        steps += 1
+        assert steps < 100
+    assert not eng.memory.copying() and lora.output_ids and lora.finish is not None
+
+    alone = Engine(model, tok, EngineConfig(block_size=4, num_blocks=2048, max_context=64, max_step_tokens=64))
+    same = Sequence("same", prompt, SamplingSpec(max_tokens=6), adapter_id=name)
+    alone.add(same)
+    alone.install(stage_adapter(adapters[name], model.config))
+    while not alone.idle():
+        alone.step()
+    assert lora.output_ids == same.output_ids
