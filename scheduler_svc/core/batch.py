@@ -64,9 +64,6 @@ class _Round:
         self.admitted: list[Entry] = []
         self.blocker: Entry | None = None
         self.t_free = math.inf
-        # Guaranteed shares: the unused quota of every queue that has requests waiting is
-        # memory no other queue may take (PROTECT experiment).
-        self.protect = [max(0, r) if wq.lengths[q] else 0 for q, r in enumerate(self.remaining)]
 
     def run(self) -> None:
         wq = self.wq
@@ -121,24 +118,17 @@ class _Round:
             e = wq.head(q)
             if e is None or not wq.fits_quota(e, budget - used, q):
                 break
-            if self.room.fits(e.req) and self._leaves_shares(e, q):
+            if self.room.fits(e.req):
                 if not self._may_go(e):
                     break
                 used += self._admit(e, q)
-                self.protect[q] = max(0, own - used) if wq.lengths[q] else 0
                 continue
-            if self.room.fits(e.req):
-                break
             if self.params.bypass and (self.blocker is None or self.blocker is e):
                 if self.blocker is None:
                     self._block(e)
                 used += self._bypass_behind(q, budget - used)
             break
         return used
-
-    def _leaves_shares(self, e: Entry, q: int) -> bool:
-        others = sum(self.protect) - self.protect[q]
-        return self.room.tokens - others >= e.req.reserved_tokens
 
     def _bypass_behind(self, q: int, budget: int) -> int:
         """Younger requests of the blocker's queue that fit now and end before it could start."""
