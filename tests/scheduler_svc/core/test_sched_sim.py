@@ -81,6 +81,28 @@ def test_large_requests_finish_within_a_bound_under_sustained_small_load():
     assert max(static.finish_s[r] for r in large) > 2 * STARVATION_BOUND_S
 
 
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[max(0, min(len(xs) - 1, -(-len(xs) * q // 100) - 1))]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known, unsolved: under sustained overload (5 RPS on one simulated worker, arrivals > "
+    "capacity) Chameleon's priority to small queues makes the largest adapters' P99 TTFT "
+    "about 2x FIFO's; see the report of the overload-starvation investigation"))
+def test_large_requests_p99_under_overload_is_not_worse_than_fifo():
+    """Bench trace at 5 RPS: fifo and chameleon end within ~3% of each other (same
+    throughput), so a tail worse than fifo's means large requests absorb the whole
+    overload. Baseline computed here, in the same run."""
+    trace = make_trace(TraceConfig(num_requests=1000, rate_rps=5.0, seed=0))
+    large = [t.request_id for t in trace if t.adapter_rank == max(x.adapter_rank for x in trace)]
+    p99 = {}
+    for name in ("fifo", "chameleon"):
+        res, _ = run(name, trace, [SimWorkerConfig()])
+        p99[name] = _pct([res.ttft_s[r] for r in large], 99)
+    assert p99["chameleon"] <= 1.1 * p99["fifo"], p99
+
+
 # -- squashes --------------------------------------------------------------------------------
 @pytest.mark.parametrize("total_tokens, rate_rps", [(16384, 4.0), (4096, 2.0), (8192, 3.0)])
 def test_squash_rate_on_the_benchmark_trace_is_at_most_5_percent(total_tokens, rate_rps):
