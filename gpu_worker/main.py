@@ -27,7 +27,7 @@ class WorkerConfig:
     gpu_memory_fraction: float = 0.8       # CUDA: fraction of free memory for the pool
     max_running: int = 32
     max_context: int = 2048
-    pool_memory_bytes: int = 256 * 1024 * 1024  # CPU: bytes of the unified pool (KV + adapters)
+    pool_memory_bytes: int = 512 * 1024 * 1024  # CPU: bytes of the unified pool (KV + adapters)
     cache_policy: str = "chameleon"         # slora | lru | chameleon | chameleon-lru | chameleon-fairshare
     lru_slots: int = 8                      # --cache-policy lru: adapter slots reserved at max rank
     lru_max_rank: int = 128                 # --cache-policy lru: the rank a slot is sized for
