@@ -49,8 +49,9 @@ class BatchPlanner:
         self.block_size = block_size
         self.max_running = max_running
         self.max_step_tokens = max_step_tokens
-        # pages to keep out of new admissions (adapters waiting for room); set by the engine
-        self.held_back: Callable[[], int] = lambda: 0
+        # (pages, order): room the oldest request waiting for adapter room needs, kept from
+        # requests admitted after it; set by the engine
+        self.held_back: Callable[[], tuple[int, int | None]] = lambda: (0, None)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -79,27 +80,29 @@ class BatchPlanner:
         return sum(max(0, pages_for(s.max_len, self.block_size) - len(s.block_table))
                    for s in self.running)
 
-    def waiting_pages(self) -> int:
-        """Pages the ready (not yet running) requests need for their whole context."""
-        return self.pages_for(self.waiting)
+    def waiting_pages(self, before: int | None = None) -> int:
+        """Pages the ready (not yet running) requests need for their whole context; only
+        those admitted before `before` (by `Sequence.order`) when it is given."""
+        return self.pages_for(s for s in self.waiting if before is None or s.order < before)
 
     def pages_for(self, seqs) -> int:
         return sum(pages_for(s.max_len, self.block_size) for s in seqs)
 
-    def plan(self) -> StepPlan:
+    def plan(self, ignore_held: bool = False) -> StepPlan:
         plan = StepPlan()
         for s in self.running:
             self._grow(s, s.num_tokens)  # this step writes K/V at position num_tokens - 1
             plan.decode.append(s)
         budget = self.max_step_tokens - len(plan.decode)
-        # hold back only while something runs: with nothing running no pages will free up
-        held = self.held_back() if self.running else 0
-        spare = self.kv.kv_available_pages() - self.reserved_pages() - held
+        spare = self.kv.kv_available_pages() - self.reserved_pages()
+        held, order = (0, None) if ignore_held else self.held_back()
         while self.waiting and len(self.running) < self.max_running:
             s = self.waiting[0]
             whole = pages_for(s.max_len, self.block_size)
+            # a request younger than one waiting for adapter room leaves that room alone
+            younger = order is not None and s.order > order
             # the first prefill of a step always goes, so a long prompt cannot stall
-            if whole > spare or (plan.prefill and len(s.prompt_ids) > budget):
+            if whole > spare - (held if younger else 0) or (plan.prefill and len(s.prompt_ids) > budget):
                 break
             self.waiting.popleft()
             self._grow(s, len(s.prompt_ids))

@@ -6,6 +6,7 @@ service hands over the adapter's weights (`install`).
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -67,9 +68,11 @@ class Engine:
         self.kv = PagedKVCache(model.config, cfg.num_blocks, cfg.block_size, device=model.device,
                                dtype=model.dtype, storage=self.pool.storage)
         self.planner = BatchPlanner(self.memory, cfg.block_size, cfg.max_running, cfg.max_step_tokens)
-        self.memory.kv_reserved = lambda: self.planner.reserved_pages() + self.planner.waiting_pages()
+        self.memory.kv_reserved = lambda before=None: (self.planner.reserved_pages()
+                                                       + self.planner.waiting_pages(before))
         self.memory.kv_pages_for = self.planner.pages_for
-        self.planner.held_back = self.memory.pending_pages
+        self.planner.held_back = self.memory.held_back
+        self._order = itertools.count()
         self._by_id: dict[str, Sequence] = {}
         self._to_fetch: list[str] = []   # adapters the caller must fetch and `install`
 
@@ -86,6 +89,7 @@ class Engine:
         if seq.spec.seed is not None:
             seq.generator = torch.Generator(device=self.model.device).manual_seed(seq.spec.seed)
         seq.stop_checker = StopChecker(self.tokenizer, seq.spec.stop)
+        seq.order = next(self._order)
         self._by_id[seq.request_id] = seq
         self._take(self.memory.admit(seq))
         return self.take_fetches()
@@ -139,6 +143,11 @@ class Engine:
     def step(self) -> list[EngineEvent]:
         self._take(self.memory.poll())  # adapters whose copy into the pool has landed
         plan = self.planner.plan()
+        if not plan and self.planner.waiting and not self.planner.running:
+            # safety net: with nothing running no pages will free up, so room held back for
+            # a waiting adapter must not keep ready requests from running
+            self._take(self.memory.retry())
+            plan = self.planner.plan(ignore_held=True)
         if not plan:
             return []
         logits = self._run(plan)

@@ -39,6 +39,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_computed: int = 0          # tokens whose K/V are in the cache
     finish: Finish | None = None
+    order: int = 0                 # admission order on this worker (set by the engine)
     # timings (engine clock, seconds)
     arrival: float = 0.0
     ready_at: float | None = None  # adapter resident

@@ -56,12 +56,14 @@ class WorkerMemory:
         # copies into pool pages still in flight (CUDA side stream): adapter id -> (tables, staged);
         # `staged` keeps the pinned host tensors alive until the copy has landed
         self._copying: dict[str, tuple[PooledLora, StagedAdapter]] = {}
+        self._blocked: str | None = None                  # oldest parked adapter lacking room
         self._holders: dict[str, str] = {}                # request id -> adapter id it holds
-        # Set by the engine. `kv_reserved`: pages the requests the batch planner holds (running
-        # and ready) may still allocate; `kv_pages_for`: pages requests need for their whole
+        # Set by the engine. `kv_reserved(before)`: pages the requests the batch planner holds
+        # (running, and ready ones admitted before `before`) may still allocate;
+        # `kv_pages_for`: pages requests need for their whole
         # context. An adapter load must leave room for all of those plus one of its own
         # requests, or pinned adapters could leave ready requests with no KV pages (deadlock).
-        self.kv_reserved: Callable[[], int] = lambda: 0
+        self.kv_reserved: Callable[[int | None], int] = lambda before=None: 0
         self.kv_pages_for: Callable[[list[Sequence]], int] = lambda seqs: 0
 
     # -- KV pages (the batch planner's allocator) ---------------------------
@@ -90,14 +92,12 @@ class WorkerMemory:
             return ev
         if self.prefetcher is not None:
             self.prefetcher.observe(aid)
-        hit = self.cache.lookup(aid)
+        self.cache.lookup(aid)
         self._parked.setdefault(aid, []).append(seq)
-        if hit and aid in self._resident:
-            self._ready_if_room(aid, ev)
-        else:
-            self._fetch_if_needed(aid, ev)
+        self._admit_in_order(ev)
         self._update_demand()
         return ev
+
     def staged(self, staged: StagedAdapter) -> MemoryEvents:
         """Weights for an adapter arrived from the store."""
         self._fetching.discard(staged.adapter_id)
@@ -142,29 +142,16 @@ class WorkerMemory:
         self._copying[aid] = (self.pool.install(staged, layout, pages, self.copy_stream), staged)
         self._finish_copies(MemoryEvents())  # nobody waits for a speculative load
 
-    def pending_pages(self) -> int:
-        """Pages requests waiting here for room still need: their adapter's pages (fetched but
-        not installed, or cached but idle) and the first request's context. The batch planner
-        holds them back from new admissions, so a stream of requests whose adapters are
-        resident cannot starve a request whose adapter is waiting for room."""
-        if self.cache.policy.slots is not None or not self._parked:
-            return 0  # lru adapters live in their reserved slots, not in KV pages
-        # only what fits once the running requests finish: something that waits on pages
-        # pinned by requests not yet running must not block those requests (deadlock)
-        eventually = self.cache.kv_available_pages() + self.cache.kv_pages
-        total = 0
-        for aid, seqs in self._parked.items():
-            if aid in self._pending:
-                adapter = self._pending[aid].pages
-            elif aid in self._resident and self.cache.is_resident(aid):
-                e = self.cache.entry(aid)
-                adapter = 0 if e.holders else len(e.pages)
-            else:
-                continue  # still being fetched
-            need = adapter + self.kv_pages_for(seqs[:1])
-            if need <= eventually:
-                total += need
-        return total
+    def held_back(self) -> tuple[int, int | None]:
+        """(pages, order) for the oldest request waiting here for room: its adapter's pages
+        (fetched but not installed, or cached but idle) plus its context. The batch planner
+        keeps them from requests admitted after it (higher `order`), so later requests whose
+        adapters are resident cannot starve it."""
+        if self._blocked is None or self._blocked not in self._parked:
+            return 0, None
+        aid = self._blocked
+        first = self._parked[aid][0]
+        return self._adapter_cost(aid) + self.kv_pages_for([first]), first.order
 
     def fetch_failed(self, adapter_id: str) -> list[Sequence]:
         """The store could not deliver: these parked requests must fail."""
@@ -175,41 +162,56 @@ class WorkerMemory:
     def retry(self) -> MemoryEvents:
         """Let waiting requests in where room allows (call after pages were freed)."""
         ev = MemoryEvents()
-        for aid in list(self._parked):
-            if aid in self._resident and self.cache.is_resident(aid):
-                self._ready_if_room(aid, ev)
-            elif aid in self._pending:
-                self._install_if_room(aid, ev)
-            else:  # evicted while its requests waited for room: fetch it again
-                self._fetch_if_needed(aid, ev)
+        self._admit_in_order(ev)
         for aid in [a for a in self._pending if a not in self._parked]:
             del self._pending[aid]             # nobody wants it any more
         self._drop_evicted()
         self._update_demand()
         return ev
 
+    def _admit_in_order(self, ev: MemoryEvents) -> None:
+        """Pin adapters for waiting requests strictly in arrival order. Once the oldest one
+        cannot get room, younger ones pin nothing (not even an adapter already held): a pin
+        by a request that may not run yet could hold the very pages the oldest one waits for."""
+        self._blocked = None
+        for aid in sorted(self._parked, key=lambda a: self._parked[a][0].order):
+            if aid in self._copying:
+                continue                       # pages taken; ready when the copy lands
+            resident = aid in self._resident and self.cache.is_resident(aid)
+            if not resident and aid not in self._pending:
+                self._fetch_if_needed(aid, ev)  # (again, if evicted while its requests waited)
+                continue
+            if self._blocked is not None:
+                continue
+            if not self._fits(aid, self._adapter_cost(aid)):
+                self._blocked = aid
+            elif resident:
+                for seq in self._parked.pop(aid):
+                    self._hold(seq)
+                    ev.ready.append(seq)
+            else:
+                self._install(aid, ev)
+
+    def _adapter_cost(self, aid: str) -> int:
+        """Pages letting aid's requests in takes from KV: a pending adapter's pages, an idle
+        cached adapter's pages (pinning takes them), nothing for one already held."""
+        if aid in self._pending:
+            return self._pending[aid].pages
+        e = self.cache.entry(aid)
+        return 0 if e is None or e.holders else len(e.pages)
+
     def _fits(self, aid: str, extra_pages: int) -> bool:
         """Would `extra_pages` more adapter pages (plus one of aid's requests) leave the KV
-        room every admitted request may still need?"""
+        room every request admitted before it may still need?"""
         if self.cache.policy.slots is not None:
             return True  # lru adapters live in reserved slots, apart from KV
+        first = self._parked[aid][0]
         room = self.cache.kv_available_pages() - extra_pages
-        return room - self.kv_pages_for(self._parked[aid][:1]) >= self.kv_reserved()
+        return room - self.kv_pages_for([first]) >= self.kv_reserved(first.order)
 
-    def _ready_if_room(self, aid: str, ev: MemoryEvents) -> None:
-        e = self.cache.entry(aid)
-        idle_pages = len(e.pages) if not e.holders else 0  # pinning an idle adapter takes its pages
-        if not self._fits(aid, idle_pages):
-            return
-        for seq in self._parked.pop(aid):
-            self._hold(seq)
-            ev.ready.append(seq)
-
-    def _install_if_room(self, aid: str, ev: MemoryEvents) -> None:
+    def _install(self, aid: str, ev: MemoryEvents) -> None:
         staged = self._pending[aid].staged
         layout = self.pool.layout(staged)
-        if not self._fits(aid, layout.num_pages):
-            return  # wait for running requests to finish
         pages = self.cache.reserve_for_load(aid, layout.num_pages, digest=staged.digest,
                                             nbytes=staged.nbytes, rank=staged.rank)
         if pages is None:
