@@ -170,9 +170,10 @@ class WorkerMemory:
         return ev
 
     def _admit_in_order(self, ev: MemoryEvents) -> None:
-        """Pin adapters for waiting requests strictly in arrival order. Once the oldest one
-        cannot get room, younger ones pin nothing (not even an adapter already held): a pin
-        by a request that may not run yet could hold the very pages the oldest one waits for."""
+        """Pin adapters for waiting requests in arrival order. Once the oldest one cannot get
+        room, younger ones take no more pages: they may join an adapter that is already held
+        (that costs nothing) but neither pin an idle cached adapter nor install a new one.
+        Their KV room is kept from them by the planner (`held_back`)."""
         self._blocked = None
         for aid in sorted(self._parked, key=lambda a: self._parked[a][0].order):
             if aid in self._copying:
@@ -181,10 +182,11 @@ class WorkerMemory:
             if not resident and aid not in self._pending:
                 self._fetch_if_needed(aid, ev)  # (again, if evicted while its requests waited)
                 continue
-            if self._blocked is not None:
+            cost = self._adapter_cost(aid)
+            if self._blocked is not None and cost > 0:
                 continue
-            if not self._fits(aid, self._adapter_cost(aid)):
-                self._blocked = aid
+            if not self._fits(aid, cost):
+                self._blocked = self._blocked or aid
             elif resident:
                 for seq in self._parked.pop(aid):
                     self._hold(seq)
