@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from .memory.adapter_cache import AdapterCache, CacheStats
+from .memory.layout import AdapterLayout
 from .memory.page_pool import PagePool
 from .memory.prefetch import ArrivalHistogramPrefetcher
 from .memory.policy import CacheConfig
@@ -29,8 +30,7 @@ class AdapterTooLargeError(ValueError):
 @dataclass
 class _Pending:
     staged: StagedAdapter
-    since: float
-    pages: int
+    layout: AdapterLayout          # computed once when the weights arrive
 
 
 @dataclass
@@ -45,7 +45,6 @@ class WorkerMemory:
                  prefetcher: ArrivalHistogramPrefetcher | None = None):
         self.pool = pool
         self.prefetcher = prefetcher
-        self.clock = clock
         self.pages = PagePool(pool.num_pages)
         self.cache = AdapterCache(self.pages, cache_config, clock)
         self.copy_stream = copy_stream
@@ -101,7 +100,8 @@ class WorkerMemory:
     def staged(self, staged: StagedAdapter) -> MemoryEvents:
         """Weights for an adapter arrived from the store."""
         self._fetching.discard(staged.adapter_id)
-        pages = self.pool.layout(staged).num_pages
+        layout = self.pool.layout(staged)
+        pages = layout.num_pages
         room = (self.cache.policy.slot_pages if self.cache.policy.slots is not None
                 else self.pool.num_pages - self.cache.policy.reserved_pages)
         if pages > room:
@@ -110,9 +110,9 @@ class WorkerMemory:
                 f"which can give an adapter at most {room}: raise --pool-memory-bytes"
                 + (" or --lru-max-rank" if self.cache.policy.slots is not None else ""))
         if staged.adapter_id not in self._parked:  # a speculative prefetch nobody waits for
-            self._install_speculative(staged)
+            self._install_speculative(staged, layout)
             return MemoryEvents()
-        self._pending[staged.adapter_id] = _Pending(staged, self.clock(), pages)
+        self._pending[staged.adapter_id] = _Pending(staged, layout)
         return self.retry()
 
     def prefetch_candidates(self) -> list[str]:
@@ -127,20 +127,17 @@ class WorkerMemory:
         self._fetching.update(out)
         return out
 
-    def _install_speculative(self, staged: StagedAdapter) -> None:
+    def _install_speculative(self, staged: StagedAdapter, layout: AdapterLayout) -> None:
         """Cache a prefetched adapter in free pages only, never evicting anything and leaving
         admitted requests their KV room; otherwise drop the guess."""
         aid = staged.adapter_id
-        layout = self.pool.layout(staged)
-        free_after = self.cache.stats().free_pages - layout.num_pages
+        free_after = self.pages.num_free - layout.num_pages
         if self.cache.is_resident(aid) or free_after < self.kv_reserved():
             return
         pages = self.cache.reserve_for_load(aid, layout.num_pages, digest=staged.digest,
                                             nbytes=staged.nbytes, rank=staged.rank, may_evict=False)
-        if pages is None:
-            return
-        self._copying[aid] = (self.pool.install(staged, layout, pages, self.copy_stream), staged)
-        self._finish_copies(MemoryEvents())  # nobody waits for a speculative load
+        if pages is not None:
+            self._start_copy(staged, layout, pages, MemoryEvents())  # nobody waits for it
 
     def held_back(self) -> tuple[int, int | None]:
         """(pages, order) for the oldest request waiting here for room: its adapter's pages
@@ -165,7 +162,6 @@ class WorkerMemory:
         self._admit_in_order(ev)
         for aid in [a for a in self._pending if a not in self._parked]:
             del self._pending[aid]             # nobody wants it any more
-        self._drop_evicted()
         self._update_demand()
         return ev
 
@@ -188,9 +184,7 @@ class WorkerMemory:
             if not self._fits(aid, cost):
                 self._blocked = self._blocked or aid
             elif resident:
-                for seq in self._parked.pop(aid):
-                    self._hold(seq)
-                    ev.ready.append(seq)
+                self._let_in(aid, ev)
             else:
                 self._install(aid, ev)
 
@@ -198,7 +192,7 @@ class WorkerMemory:
         """Pages letting aid's requests in takes from KV: a pending adapter's pages, an idle
         cached adapter's pages (pinning takes them), nothing for one already held."""
         if aid in self._pending:
-            return self._pending[aid].pages
+            return self._pending[aid].layout.num_pages
         e = self.cache.entry(aid)
         return 0 if e is None or e.holders else len(e.pages)
 
@@ -212,15 +206,19 @@ class WorkerMemory:
         return room - self.kv_pages_for([first]) >= self.kv_reserved(first.order)
 
     def _install(self, aid: str, ev: MemoryEvents) -> None:
-        staged = self._pending[aid].staged
-        layout = self.pool.layout(staged)
+        staged, layout = self._pending[aid].staged, self._pending[aid].layout
         pages = self.cache.reserve_for_load(aid, layout.num_pages, digest=staged.digest,
                                             nbytes=staged.nbytes, rank=staged.rank)
         if pages is None:
             return
         self._drop_evicted()  # room may have come from evicting idle adapters
         del self._pending[aid]
-        self._copying[aid] = (self.pool.install(staged, layout, pages, self.copy_stream), staged)
+        self._start_copy(staged, layout, pages, ev)
+
+    def _start_copy(self, staged: StagedAdapter, layout: AdapterLayout, pages: list[int],
+                    ev: MemoryEvents) -> None:
+        pooled = self.pool.install(staged, layout, pages, self.copy_stream)
+        self._copying[staged.adapter_id] = (pooled, staged)
         self._finish_copies(ev)
 
     def poll(self) -> MemoryEvents:
@@ -240,9 +238,14 @@ class WorkerMemory:
             del self._copying[aid]
             self._resident[aid] = pooled
             self.cache.mark_loaded(aid)
-            for seq in self._parked.pop(aid, []):
-                self._hold(seq)
-                ev.ready.append(seq)
+            if aid in self._parked:
+                self._let_in(aid, ev)
+
+    def _let_in(self, aid: str, ev: MemoryEvents) -> None:
+        """aid's waiting requests hold the (resident) adapter and may run."""
+        for seq in self._parked.pop(aid):
+            self._hold(seq)
+            ev.ready.append(seq)
 
     def _fetch_if_needed(self, aid: str, ev: MemoryEvents) -> None:
         if aid not in self._fetching and aid not in self._pending and not self.cache.is_loading(aid):
@@ -259,7 +262,6 @@ class WorkerMemory:
             if not self._parked[seq.adapter_id]:
                 del self._parked[seq.adapter_id]
         self._update_demand()
-        self._drop_evicted()
 
     def parked(self) -> list[Sequence]:
         return [s for seqs in self._parked.values() for s in seqs]
