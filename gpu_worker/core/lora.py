@@ -1,11 +1,8 @@
-"""LoRA adapters in PEFT format and their batched application (torch path).
+"""LoRA adapters in PEFT format, parsed on the host.
 
 `LoraAdapter` holds, per (layer, module), A [r, in], B [out, r] and the scale.
-`LoraBatch` applies the adapters of one engine step: tokens are grouped by
-adapter (a gather through an index per adapter), each group runs two small
-matmuls at its own rank, and the deltas are scattered back. Ranks therefore
-mix freely in a batch without padding every adapter to the largest rank;
-tokens of base-model requests get no delta at all.
+The worker stages it (unified_pool.stage_adapter) and copies it into pool
+pages; unified_pool.PooledLoraBatch applies adapters where they sit there.
 """
 from __future__ import annotations
 
@@ -35,7 +32,6 @@ class LoraAdapter:
         self.adapter_id = adapter_id
         self.weights = weights
         self.nbytes = nbytes
-        self.max_rank = max(w.a.shape[0] for w in weights.values())
 
     @classmethod
     def from_peft_dir(cls, path: Path | str, cfg: LlamaConfig, device: torch.device | str = "cpu",
@@ -56,35 +52,3 @@ class LoraAdapter:
                 weights[(p.layer, p.module)] = LoraWeights(a.contiguous(), b.contiguous(), p.scale)
         return cls(adapter_id or path.name, weights, nbytes)
 
-
-class LoraBatch:
-    """The adapters of one forward pass; `adapters[i]` serves sequence i (None = base)."""
-
-    def __init__(self, adapters: list[LoraAdapter | None], query_lens: list[int],
-                 device: torch.device | str | None = None):
-        starts, pos = [], 0
-        for q in query_lens:
-            starts.append(pos)
-            pos += q
-        rows: dict[int, tuple[LoraAdapter, list[int]]] = {}
-        for ad, s, q in zip(adapters, starts, query_lens):
-            if ad is None:
-                continue
-            rows.setdefault(id(ad), (ad, []))[1].extend(range(s, s + q))
-        if device is None:
-            device = next((next(iter(a.weights.values())).a.device for a in adapters if a), "cpu")
-        self.groups = [(ad, torch.tensor(idx, dtype=torch.long, device=device))
-                       for ad, idx in rows.values()]
-
-    def apply(self, layer: int, module: str, x: torch.Tensor) -> torch.Tensor | None:
-        """x [T, in] -> the LoRA delta [T, out], or None when no adapter touches this module."""
-        out = None
-        for ad, idx in self.groups:
-            w = ad.weights.get((layer, module))
-            if w is None:
-                continue
-            delta = (x.index_select(0, idx) @ w.a.t()) @ w.b.t()
-            if out is None:
-                out = x.new_zeros(x.shape[0], w.b.shape[0])
-            out.index_add_(0, idx, delta * w.scale)
-        return out

@@ -11,14 +11,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
 from .kv_cache import PagedKVCache
-from .lora import LoraBatch
 from .model_config import LlamaConfig
+
+
+class LoraDelta(Protocol):
+    """The LoRA of one forward pass (unified_pool.PooledLoraBatch)."""
+
+    def apply(self, layer: int, module: str, x: torch.Tensor) -> torch.Tensor | None:
+        """x [T, in] -> the LoRA delta [T, out], or None when no adapter touches this module."""
 
 
 @dataclass
@@ -98,7 +105,7 @@ class LlamaModel:
                     weights[k] = sf.get_tensor(k)
         return cls(cfg, weights, torch.device(device), dtype)
 
-    def _linear(self, x: torch.Tensor, layer: int, name: str, lora: LoraBatch | None) -> torch.Tensor:
+    def _linear(self, x: torch.Tensor, layer: int, name: str, lora: LoraDelta | None) -> torch.Tensor:
         y = x @ self.layers[layer][name].t()
         if lora is not None:
             d = lora.apply(layer, name, x)
@@ -107,7 +114,7 @@ class LlamaModel:
         return y
 
     @torch.inference_mode()
-    def forward(self, batch: ForwardBatch, kv: PagedKVCache, lora: LoraBatch | None = None) -> torch.Tensor:
+    def forward(self, batch: ForwardBatch, kv: PagedKVCache, lora: LoraDelta | None = None) -> torch.Tensor:
         """Logits of each sequence's last token in this step: [num_seqs, vocab]."""
         c = self.config
         nh, kvh, hd = c.num_heads, c.num_kv_heads, c.head_dim
