@@ -119,6 +119,7 @@ async def serve(cfg: WorkerConfig) -> None:
     from chameleon.server import Server
     from chameleon.v1 import worker_pb2
     from gpu_worker.adapter_fetcher import AdapterFetcher
+    from gpu_worker.core import unified_pool
     from gpu_worker.core.engine import Engine, EngineConfig
     from gpu_worker.core.memory import PrefetcherConfig
     from gpu_worker.core.model import LlamaModel
@@ -132,8 +133,7 @@ async def serve(cfg: WorkerConfig) -> None:
     model = LlamaModel.load(cfg.model, device=torch.device(device), dtype=dtype)
     mc = model.config
     max_context = min(cfg.max_context, mc.max_position_embeddings)
-    elem = torch.tensor([], dtype=dtype).element_size()
-    page_bytes = 2 * mc.num_layers * cfg.block_size * mc.num_kv_heads * mc.head_dim * elem
+    page_bytes = unified_pool.page_bytes(mc, cfg.block_size, dtype)
     budget = cfg.pool_memory_bytes
     if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info()

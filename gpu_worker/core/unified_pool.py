@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import contextlib
 import math
 
 import torch
@@ -25,11 +26,21 @@ from .memory.layout import (AdapterLayout, AdapterShape, LoraModuleShape, PageGe
 from .model_config import LlamaConfig
 
 
+def page_elements(cfg: LlamaConfig, block_size: int) -> int:
+    """Elements of one page in one layer: K and V of `block_size` tokens."""
+    return 2 * block_size * cfg.num_kv_heads * cfg.head_dim
+
+
+def page_bytes(cfg: LlamaConfig, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of one page over all layers."""
+    return cfg.num_layers * page_elements(cfg, block_size) * torch.empty((), dtype=dtype).element_size()
+
+
 def row_geometry(cfg: LlamaConfig, block_size: int) -> PageGeometry:
     """Slots as wide as the greatest common divisor of every LoRA row length and the page, so
     rows of every width pack without padding (SmolLM2: 192-element slots for rows of 192, 576
     and 1536)."""
-    page_elems = 2 * block_size * cfg.num_kv_heads * cfg.head_dim
+    page_elems = page_elements(cfg, block_size)
     lengths = {n for dims in cfg.module_shapes().values() for n in dims}
     longest = max(lengths)
     if longest > page_elems:
@@ -105,7 +116,7 @@ class UnifiedPool:
             raise ValueError("num_pages must be positive")
         self.cfg, self.num_pages, self.block_size = cfg, num_pages, block_size
         self.device, self.dtype = torch.device(device), dtype
-        self.page_elems = 2 * block_size * cfg.num_kv_heads * cfg.head_dim
+        self.page_elems = page_elements(cfg, block_size)
         self.storage = torch.zeros(cfg.num_layers, num_pages, self.page_elems, device=device, dtype=dtype)
         self.geometry = row_geometry(cfg, block_size)
         # [layer, page * page_elems]: one flat run of elements per layer
@@ -113,7 +124,7 @@ class UnifiedPool:
 
     @property
     def page_bytes(self) -> int:
-        return self.cfg.num_layers * self.page_elems * self.storage.element_size()
+        return page_bytes(self.cfg, self.block_size, self.dtype)
 
     def layout(self, staged: StagedAdapter) -> AdapterLayout:
         return layout_adapter(self.geometry, staged.shape)
@@ -128,7 +139,7 @@ class UnifiedPool:
         tables = {}
         if stream is not None:  # the pages may just have been freed by work on the compute stream
             stream.wait_stream(torch.cuda.current_stream(self.device))
-        ctx = torch.cuda.stream(stream) if stream is not None else _nullctx()
+        ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         with ctx:
             for (layer, module), (a, b, scale) in staged.weights.items():
                 rows = {}
@@ -158,14 +169,6 @@ class UnifiedPool:
         # row j of the unfold view is the `width` elements starting at slot j: no copy
         view = self._flat[layer].unfold(0, rows.width, self.geometry.row_width)
         return view.index_select(0, rows.slots)
-
-
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 class PooledLoraBatch:
