@@ -5,29 +5,27 @@ requests; every policy must still produce the tokens of an unconstrained run.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from tokenizers import Tokenizer
 
 from gpu_worker.core.engine import Engine, EngineConfig
-from gpu_worker.core.lora import LoraAdapter
-from gpu_worker.core.memory import POLICY_NAMES, CacheConfig
-from gpu_worker.core.model import LlamaModel
+from gpu_worker.core.memory import POLICY_NAMES, CacheConfig, layout_adapter
 from gpu_worker.core.sequence import SamplingSpec, Sequence
-from gpu_worker.core.unified_pool import stage_adapter
+from gpu_worker.core.unified_pool import row_geometry, stage_adapter
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "1, 2, 3, 4,"]
 
 
 @pytest.fixture(scope="module")
-def parts(tiny_assets):
-    model_dir = Path(tiny_assets["model"])
-    model = LlamaModel.load(model_dir)
-    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    adapters = {p.name: LoraAdapter.from_peft_dir(p, model.config)
-                for p in sorted(Path(tiny_assets["adapters"]).iterdir()) if p.is_dir()}
+def parts(engine_parts):
+    _, model, tok, adapters, _ = engine_parts
     return model, tok, adapters
+
+
+def adapter_pages(model, adapters, block_size: int = 4) -> dict[str, int]:
+    """Pool pages each adapter takes at this block size."""
+    geometry = row_geometry(model.config, block_size)
+    return {n: layout_adapter(geometry, stage_adapter(a, model.config).shape).num_pages
+            for n, a in adapters.items()}
 
 
 def run(model, tok, adapters, cache: CacheConfig, num_blocks: int):
@@ -52,8 +50,7 @@ def run(model, tok, adapters, cache: CacheConfig, num_blocks: int):
 def test_every_policy_generates_the_same_tokens(parts):
     model, tok, adapters = parts
     reference, _ = run(model, tok, adapters, CacheConfig("chameleon"), num_blocks=2048)
-    probe = Engine(model, tok, EngineConfig(block_size=4, num_blocks=8, max_context=64, max_step_tokens=64))
-    largest = max(probe.pool.layout(stage_adapter(a, model.config)).num_pages for a in adapters.values())
+    largest = max(adapter_pages(model, adapters).values())
     # room for a few running requests plus two or three adapters: loads and evictions happen
     small = 4 * 8 + 3 * largest
     seen_evictions = 0
@@ -72,8 +69,7 @@ def test_adapter_loads_never_take_pages_running_requests_will_grow_into(parts):
     step. An adapter arriving meanwhile fits in the pages they have not touched yet, but must
     wait for them to finish rather than take those pages."""
     model, tok, adapters = parts
-    probe = Engine(model, tok, EngineConfig(block_size=4, num_blocks=8, max_context=64, max_step_tokens=64))
-    sizes = {n: probe.pool.layout(stage_adapter(a, model.config)).num_pages for n, a in adapters.items()}
+    sizes = adapter_pages(model, adapters)
     name = min(sizes, key=sizes.get)
     prompt = tok.encode(PROMPTS[0], add_special_tokens=False).ids
     per_request = -(-(len(prompt) + 24) // 4)
@@ -99,8 +95,7 @@ def test_adapter_loads_never_take_pages_running_requests_will_grow_into(parts):
 def test_a_waiting_adapter_is_not_starved_by_later_requests(parts):
     """Base requests keep arriving; the adapter request that came first still runs before them."""
     model, tok, adapters = parts
-    probe = Engine(model, tok, EngineConfig(block_size=4, num_blocks=8, max_context=64, max_step_tokens=64))
-    sizes = {n: probe.pool.layout(stage_adapter(a, model.config)).num_pages for n, a in adapters.items()}
+    sizes = adapter_pages(model, adapters)
     name = min(sizes, key=sizes.get)
     prompt = tok.encode(PROMPTS[0], add_special_tokens=False).ids
     per_request = -(-(len(prompt) + 8) // 4)
@@ -140,8 +135,7 @@ def test_pinning_an_idle_cached_adapter_leaves_running_requests_their_pages(part
     """An idle cached adapter's pages count as available to KV; a hit that pins it must wait
     if running requests will need those pages."""
     model, tok, adapters = parts
-    probe = Engine(model, tok, EngineConfig(block_size=4, num_blocks=8, max_context=64, max_step_tokens=64))
-    sizes = {n: probe.pool.layout(stage_adapter(a, model.config)).num_pages for n, a in adapters.items()}
+    sizes = adapter_pages(model, adapters)
     name = min(sizes, key=sizes.get)
     prompt = tok.encode(PROMPTS[0], add_special_tokens=False).ids
     per_request = -(-(len(prompt) + 24) // 4)

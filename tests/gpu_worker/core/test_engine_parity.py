@@ -5,27 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer
 
 from gpu_worker.core.engine import Engine, EngineConfig
-from gpu_worker.core.lora import LoraAdapter
-from gpu_worker.core.model import LlamaModel
 from gpu_worker.core.sequence import Finish, SamplingSpec, Sequence
 from gpu_worker.core.unified_pool import stage_adapter
 from tests.e2e.hf_reference import hf_greedy
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time",
            "SELECT name FROM users WHERE", "1, 2, 3, 4,", "Why is the sky blue?"]
-
-
-@pytest.fixture(scope="module")
-def engine_parts(tiny_assets):
-    model_dir = Path(tiny_assets["model"])
-    model = LlamaModel.load(model_dir)
-    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    adapters = {p.name: LoraAdapter.from_peft_dir(p, model.config)
-                for p in sorted(Path(tiny_assets["adapters"]).iterdir()) if p.is_dir()}
-    return model_dir, model, tok, adapters, tiny_assets["adapters"]
 
 
 def run_engine(model, tok, adapters, jobs, max_tokens, block_size=4, stagger=True):
