@@ -4,10 +4,11 @@ RMSNorm, rotary position embeddings (with the config's rope scaling), grouped
 query attention and a SwiGLU MLP; embeddings may be tied to the LM head. One
 forward runs a flat batch in which prefill chunks and single decode tokens of
 different sequences are mixed; linear layers (and LoRA) see all tokens at
-once, attention runs per sequence over its pages.
+once, and attention runs batched over every sequence's pages (attention.py).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from .attention import AttentionMeta, paged_attention
 from .kv_cache import PagedKVCache
 from .model_config import LlamaConfig
 
@@ -122,14 +124,8 @@ class LlamaModel:
         freqs = batch.positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(self.dtype)[:, None, :], emb.sin().to(self.dtype)[:, None, :]
-        starts = [0]
-        for q in batch.query_lens:
-            starts.append(starts[-1] + q)
-        tables = [torch.tensor(t, dtype=torch.long, device=self.device) for t in batch.block_tables]
-        masks = []
-        for q, L in zip(batch.query_lens, batch.context_lens):
-            qpos = torch.arange(L - q, L, device=self.device)[:, None]
-            masks.append(torch.arange(L, device=self.device)[None, :] <= qpos)
+        meta = AttentionMeta.build(batch.query_lens, batch.context_lens, batch.block_tables,
+                                   kv.block_size, nh // kvh, self.device)
         for i, lw in enumerate(self.layers):
             h = rms_norm(x, lw["in_norm"], c.rms_norm_eps)
             q = self._linear(h, i, "q_proj", lora).view(-1, nh, hd)
@@ -138,19 +134,11 @@ class LlamaModel:
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             kv.write(i, batch.slot_mapping, k, v)
-            outs = []
-            for s in range(len(batch.query_lens)):
-                ks, vs = kv.gather(i, tables[s], batch.context_lens[s])
-                qs = q[starts[s]:starts[s + 1]].transpose(0, 1)              # [nh, q, hd]
-                ks = ks.transpose(0, 1).repeat_interleave(nh // kvh, dim=0)  # [nh, L, hd]
-                vs = vs.transpose(0, 1).repeat_interleave(nh // kvh, dim=0)
-                o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=masks[s])
-                outs.append(o.transpose(0, 1).reshape(-1, nh * hd))
-            x = x + self._linear(torch.cat(outs, dim=0), i, "o_proj", lora)
+            x = x + self._linear(paged_attention(q, kv, i, meta), i, "o_proj", lora)
             h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
             g = self._linear(h, i, "gate_proj", lora)
             u = self._linear(h, i, "up_proj", lora)
             x = x + self._linear(F.silu(g) * u, i, "down_proj", lora)
-        last = torch.tensor([e - 1 for e in starts[1:]], device=self.device)
+        last = torch.tensor(list(itertools.accumulate(batch.query_lens)), device=self.device) - 1
         h = rms_norm(x[last], self.norm, c.rms_norm_eps)
         return (h @ self.lm_head.t()).float()
