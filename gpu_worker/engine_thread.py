@@ -66,6 +66,10 @@ class EngineThread:
     def install(self, staged: StagedAdapter) -> None:
         self._cmds.put(("install", staged))
 
+    def hint(self, adapter_ids: list[str]) -> None:
+        """The scheduler's prefetch hint (most urgent first)."""
+        self._cmds.put(("hint", adapter_ids))
+
     def adapter_failed(self, adapter_id: str, code: object, message: str) -> None:
         self._cmds.put(("adapter_failed", (adapter_id, code, message)))
 
@@ -86,6 +90,10 @@ class EngineThread:
                 self._cb.need_fetch(fetch)
         elif kind == "abort":
             eng.abort(arg)
+        elif kind == "hint":
+            fetch = eng.hint(arg)
+            if fetch:
+                self._cb.need_fetch(fetch)
         elif kind == "install":
             try:
                 eng.install(arg)

@@ -96,6 +96,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     await self._admit(cmd.admit, stream)
                 elif kind == "cancel":
                     self._cancel(cmd.cancel.request_id)
+                elif kind == "prefetch":
+                    self.thread.hint(list(cmd.prefetch.adapter_ids))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:

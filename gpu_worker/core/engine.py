@@ -16,6 +16,7 @@ import torch
 from .batch_planner import BatchPlanner, StepPlan
 from .detokenizer import StopChecker
 from .kv_cache import PagedKVCache
+from .memory.admission import ADMISSION_NAMES, build_admission
 from .memory.policy import CacheConfig
 from .memory.prefetch import ArrivalHistogramPrefetcher, PrefetcherConfig
 from .model import ForwardBatch, LlamaModel
@@ -35,6 +36,9 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     # the optional histogram-based predictive prefetcher (issue #3); None = off
     prefetch: PrefetcherConfig | None = None
+    # when a request may take memory: "reserve" (prompt + max_tokens up front) or
+    # "slora-peak" (S-LoRA's peak estimate); see memory/admission.py
+    admission: str = "reserve"
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_running", "max_step_tokens", "max_context"):
@@ -42,6 +46,9 @@ class EngineConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_step_tokens < self.max_context:
             raise ValueError("max_step_tokens must be >= max_context so any prompt can prefill")
+        if self.admission not in ADMISSION_NAMES:
+            raise ValueError(f"unknown admission policy {self.admission!r}; choose from "
+                             f"{ADMISSION_NAMES}")
 
 
 @dataclass
@@ -62,16 +69,15 @@ class Engine:
         self.clock = clock
         self.eos_ids = set(model.config.eos_token_ids)
         self.pool = UnifiedPool(model.config, cfg.num_blocks, cfg.block_size, model.device, model.dtype)
-        copy_stream = torch.cuda.Stream() if model.device.type == "cuda" else None
+        if model.device.type == "cuda":
+            self.pool.copy_stream = torch.cuda.Stream()
         prefetcher = ArrivalHistogramPrefetcher(cfg.prefetch, clock) if cfg.prefetch else None
-        self.memory = WorkerMemory(self.pool, cfg.cache, clock, copy_stream, prefetcher)
+        self.memory = WorkerMemory(self.pool, cfg.cache, clock, prefetcher=prefetcher,
+                                   admission=build_admission(cfg.admission, cfg.block_size))
         self.kv = PagedKVCache(model.config, cfg.num_blocks, cfg.block_size, device=model.device,
                                dtype=model.dtype, storage=self.pool.storage)
-        self.planner = BatchPlanner(self.memory, cfg.block_size, cfg.max_running, cfg.max_step_tokens)
-        self.memory.kv_reserved = lambda before=None: (self.planner.reserved_pages()
-                                                       + self.planner.waiting_pages(before))
-        self.memory.kv_pages_for = self.planner.pages_for
-        self.planner.held_back = self.memory.held_back
+        self.planner = BatchPlanner(self.memory, self.memory.ledger, cfg.block_size,
+                                    cfg.max_running, cfg.max_step_tokens)
         self._order = itertools.count()
         self._by_id: dict[str, Sequence] = {}
         self._to_fetch: list[str] = []   # adapters the caller must fetch and `install`
@@ -99,6 +105,11 @@ class Engine:
         evictions), then the predictive prefetcher's guesses when it is on."""
         out, self._to_fetch = self._to_fetch, []
         return out + [a for a in self.memory.prefetch_candidates() if a not in out]
+
+    def hint(self, adapter_ids: list[str]) -> list[str]:
+        """The scheduler's queues will want these adapters next (most urgent first); returns
+        the ones the caller should fetch and `install` (prefetched into free or idle memory)."""
+        return self.memory.hint(adapter_ids)
 
     def install(self, staged: StagedAdapter) -> None:
         """An adapter's weights arrived; its waiting requests become runnable once it fits.

@@ -17,38 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import contextlib
-import math
 
 import torch
 
-from .memory.layout import (AdapterLayout, AdapterShape, LoraModuleShape, PageGeometry,
-                            layout_adapter)
+from .memory.geometry import page_bytes_for, page_elements, row_geometry
+from .memory.layout import AdapterLayout, AdapterShape, LoraModuleShape, layout_adapter
 from .model_config import LlamaConfig
-
-
-def page_elements(cfg: LlamaConfig, block_size: int) -> int:
-    """Elements of one page in one layer: K and V of `block_size` tokens."""
-    return 2 * block_size * cfg.num_kv_heads * cfg.head_dim
 
 
 def page_bytes(cfg: LlamaConfig, block_size: int, dtype: torch.dtype) -> int:
     """Bytes of one page over all layers."""
-    return cfg.num_layers * page_elements(cfg, block_size) * torch.empty((), dtype=dtype).element_size()
-
-
-def row_geometry(cfg: LlamaConfig, block_size: int) -> PageGeometry:
-    """Slots as wide as the greatest common divisor of every LoRA row length and the page, so
-    rows of every width pack without padding (SmolLM2: 192-element slots for rows of 192, 576
-    and 1536)."""
-    page_elems = page_elements(cfg, block_size)
-    lengths = {n for dims in cfg.module_shapes().values() for n in dims}
-    longest = max(lengths)
-    if longest > page_elems:
-        raise ValueError(f"a KV page of {block_size} tokens ({page_elems} elements per layer) cannot "
-                         f"hold a LoRA row of {longest} elements: raise --block-size to at least "
-                         f"{-(-longest // (2 * cfg.num_kv_heads * cfg.head_dim))}")
-    width = math.gcd(page_elems, *lengths)
-    return PageGeometry(rows_per_page=page_elems // width, row_width=width)
+    return page_bytes_for(cfg, block_size, torch.empty((), dtype=dtype).element_size())
 
 
 @dataclass
@@ -121,6 +100,8 @@ class UnifiedPool:
         self.geometry = row_geometry(cfg, block_size)
         # [layer, page * page_elems]: one flat run of elements per layer
         self._flat = self.storage.view(cfg.num_layers, num_pages * self.page_elems)
+        # CUDA: a side stream that installs copy on, so compute goes on meanwhile (engine sets it)
+        self.copy_stream: "torch.cuda.Stream | None" = None
 
     @property
     def page_bytes(self) -> int:
@@ -133,8 +114,10 @@ class UnifiedPool:
                 stream: "torch.cuda.Stream | None" = None) -> PooledLora:
         """Copy the staged weights into their pages; returns the adapter's row tables.
 
-        With a CUDA `stream` the copies are queued on it and this returns at once: the
-        result's `ready` event completes when they have landed, while compute goes on."""
+        With a CUDA `stream` (default: `copy_stream`) the copies are queued on it and this
+        returns at once: the result's `ready` event completes when they have landed, while
+        compute goes on."""
+        stream = stream if stream is not None else self.copy_stream
         g, E = self.geometry, self.page_elems
         tables = {}
         if stream is not None:  # the pages may just have been freed by work on the compute stream

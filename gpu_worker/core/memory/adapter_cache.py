@@ -9,7 +9,9 @@ policy's order. Rules every policy keeps:
 - an adapter held by a running request (refcount > 0) or still loading is
   never evicted;
 - an idle adapter wanted by queued requests is evicted only when evicting
-  every other idle adapter would not free enough;
+  every other idle adapter would not free enough; one the scheduler hinted
+  it will need soon (`set_queued_demand(..., hinted=...)`) goes before those
+  but after adapters nobody wants;
 - an allocation evicts nothing when it cannot succeed anyway, and never fails
   while free pages plus evictable pages suffice.
 
@@ -17,7 +19,11 @@ The engine drives it: `lookup` once per arriving request (hit/miss),
 `set_queued_demand` each iteration, `reserve_for_load` -> copy weights ->
 `mark_loaded` (or `cancel_load`), `acquire`/`release` around a request's run,
 `allocate_kv`/`free_kv` for KV blocks and activations. Times come from the
-injected clock.
+injected clock. How much room adapters and KV have is the policy's placement
+(placement.py); which idle adapter goes first is its order (eviction.py).
+Every removal of an adapter (eviction, flush, failed load, replaced digest)
+goes through one place and calls `on_evict(adapter_id)`, so the owner of the
+adapter's device-side tables drops them there and nowhere else.
 """
 from __future__ import annotations
 
@@ -81,17 +87,21 @@ def _kv_owner(owner: str) -> str:
 
 
 class AdapterCache:
-    def __init__(self, pool: PagePool, config: CacheConfig, clock: Callable[[], float]):
+    def __init__(self, pool: PagePool, config: CacheConfig, clock: Callable[[], float],
+                 on_evict: Callable[[str], None] | None = None):
         self.pool = pool
         self.config = config
         self.policy = build_policy(config)
+        self.placement = self.policy.placement
         self.clock = clock
+        self.on_evict = on_evict
         if self.policy.reserved_pages > pool.num_pages:
             raise ValueError(f"lru slots need {self.policy.reserved_pages} pages; the pool has "
                              f"{pool.num_pages}")
         self._entries: dict[str, AdapterEntry] = {}
         self._uses: dict[str, deque[float]] = {}
         self._queued: frozenset[str] = frozenset()
+        self._hinted: frozenset[str] = frozenset()
         self._kv_owners: dict[str, int] = {}
         self._kv_pages = 0
         self.hits = self.misses = self.evictions = self.loads = self.bytes_loaded = 0
@@ -109,6 +119,11 @@ class AdapterCache:
 
     def entry(self, adapter_id: str) -> AdapterEntry | None:
         return self._entries.get(adapter_id)
+
+    @property
+    def num_adapters(self) -> int:
+        """Adapters cached or loading."""
+        return len(self._entries)
 
     def pages_of(self, adapter_id: str) -> list[int]:
         return list(self._entries[adapter_id].pages)
@@ -134,9 +149,7 @@ class AdapterCache:
         return sum(len(e.pages) for e in self._idle(keep))
 
     def kv_available_pages(self, keep: Collection[str] = ()) -> int:
-        if self.policy.slots is not None:
-            return self.pool.num_pages - self.policy.reserved_pages - self._kv_pages
-        return self.pool.num_free + self.idle_adapter_pages(keep)
+        return self.placement.kv_available(self, keep)
 
     def lookup(self, adapter_id: str) -> bool:
         """Count one arriving request's hit (loaded now) or miss."""
@@ -148,9 +161,11 @@ class AdapterCache:
         return hit
 
     # -- adapters ---------------------------------------------------------
-    def set_queued_demand(self, adapter_ids: Iterable[str]) -> None:
-        """The adapters queued (not yet running) requests want; replaces the previous set."""
+    def set_queued_demand(self, adapter_ids: Iterable[str], hinted: Iterable[str] = ()) -> None:
+        """The adapters queued (not yet running) requests want, and those the scheduler hinted
+        its queues will want soon; replaces the previous sets."""
         self._queued = frozenset(adapter_ids)
+        self._hinted = frozenset(hinted) - self._queued
         if not self.policy.keep_idle:
             for e in list(self._entries.values()):
                 self._drop_if_unwanted(e)
@@ -174,18 +189,11 @@ class AdapterCache:
                 raise ValueError(f"adapter {adapter_id!r} changed digest while in use")
             self._remove(old, count_eviction=True)
         keep = set(keep) | {adapter_id}
-        if self.policy.slots is not None:
-            if n_pages > self.policy.slot_pages:
-                raise ValueError(f"adapter {adapter_id!r} needs {n_pages} pages; a slot holds "
-                                 f"{self.policy.slot_pages}")
-            if len(self._entries) >= self.policy.slots:
-                if not may_evict or not self._evict_for_slot(keep):
-                    return None
-        elif may_evict:
-            if not self.ensure_free(n_pages, keep):
+        try:
+            if not self.placement.room_for_adapter(self, n_pages, keep, may_evict):
                 return None
-        elif self.pool.num_free < n_pages:
-            return None
+        except ValueError as e:
+            raise ValueError(f"adapter {adapter_id!r}: {e}") from None
         pages = self.pool.allocate(_adapter_owner(adapter_id), n_pages)
         if pages is None:  # cannot happen: room was made above
             raise RuntimeError("page pool refused pages the cache had made room for")
@@ -257,10 +265,7 @@ class AdapterCache:
         """
         if n_pages < 0:
             raise ValueError(f"cannot allocate {n_pages} pages")
-        if self.policy.slots is not None:
-            if n_pages > self.kv_available_pages():
-                return None
-        elif not self.ensure_free(n_pages, keep):
+        if not self.placement.room_for_kv(self, n_pages, keep):
             return None
         pages = self.pool.allocate(_kv_owner(owner), n_pages)
         if pages is None:
@@ -276,19 +281,15 @@ class AdapterCache:
         return n
 
     def ensure_free(self, n_pages: int, keep: Collection[str] = ()) -> bool:
-        """Evict idle adapters until n_pages are free; False, evicting nothing, if that is impossible.
-
-        With `lru` the adapters live in their reserved slots, which nothing else may
-        use, so this only reports whether n_pages are free.
-        """
-        if self.pool.num_free >= n_pages or self.policy.slots is not None:
-            return self.pool.num_free >= n_pages
+        """Evict idle adapters until n_pages are free; False, evicting nothing, if that is
+        impossible. Victims go by tier (nobody wants it, hinted, wanted by queued requests),
+        within a tier in the policy's order."""
+        if self.pool.num_free >= n_pages:
+            return True
         idle = self._idle(keep)
         if self.pool.num_free + sum(len(e.pages) for e in idle) < n_pages:
             return False
-        unwanted = [e for e in idle if e.adapter_id not in self._queued]
-        wanted = [e for e in idle if e.adapter_id in self._queued]
-        for tier in (unwanted, wanted):
+        for tier in self._tiers(idle):
             for victim in self._victims(tier):
                 if self.pool.num_free >= n_pages:
                     return True
@@ -319,11 +320,7 @@ class AdapterCache:
         kv = sum(self.pool.count_of(_kv_owner(o)) for o in self._kv_owners)
         if kv != self._kv_pages or kv != sum(self._kv_owners.values()):
             raise ValueError("KV page count disagrees with the pool")
-        if self.policy.slots is not None:
-            if len(self._entries) > self.policy.slots:
-                raise ValueError("more adapters than lru slots")
-            if self._kv_pages > self.pool.num_pages - self.policy.reserved_pages:
-                raise ValueError("KV pages spill into the lru slots")
+        self.placement.check(self)
 
     # -- internals --------------------------------------------------------
     def _idle(self, keep: Collection[str]) -> list[AdapterEntry]:
@@ -336,21 +333,30 @@ class AdapterCache:
                  for e in entries]
         return [self._entries[c.adapter_id] for c in self.policy.order.order(cands, now)]
 
-    def _evict_for_slot(self, keep: Collection[str]) -> bool:
-        idle = self._idle(keep)
-        for tier in ([e for e in idle if e.adapter_id not in self._queued],
-                     [e for e in idle if e.adapter_id in self._queued]):
+    def _tiers(self, idle: list[AdapterEntry]) -> tuple[list[AdapterEntry], ...]:
+        """Idle adapters by how much they are wanted: nobody, a scheduler hint, a queued request."""
+        return ([e for e in idle if e.adapter_id not in self._queued | self._hinted],
+                [e for e in idle if e.adapter_id in self._hinted],
+                [e for e in idle if e.adapter_id in self._queued])
+
+    def evict_next(self, keep: Collection[str] = ()) -> bool:
+        """Evict the one idle adapter (not in `keep`) that goes first; False if there is none."""
+        for tier in self._tiers(self._idle(keep)):
             if tier:
                 self._remove(self._victims(tier)[0], count_eviction=True)
                 return True
         return False
 
     def _drop_if_unwanted(self, e: AdapterEntry) -> None:
-        if e.loaded and not e.holders and e.adapter_id not in self._queued:
+        if (e.loaded and not e.holders and e.adapter_id not in self._queued
+                and e.adapter_id not in self._hinted):
             self._remove(e, count_eviction=True)
 
     def _remove(self, e: AdapterEntry, *, count_eviction: bool) -> None:
+        """The one place an adapter leaves the cache."""
         self.pool.free_owner(_adapter_owner(e.adapter_id))
         del self._entries[e.adapter_id]
         if count_eviction:
             self.evictions += 1
+        if self.on_evict is not None:
+            self.on_evict(e.adapter_id)

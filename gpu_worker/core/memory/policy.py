@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .eviction import (CHAMELEON_WEIGHTS, FAIR_SHARE_WEIGHTS, EvictionOrder, LruOrder,
                        ScoreOrder, ScoreWeights)
+from .placement import FixedSlots, Placement, SharedPages
 
 POLICY_NAMES = ("slora", "lru", "chameleon", "chameleon-lru", "chameleon-fairshare")
 
@@ -47,25 +48,24 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class CachePolicy:
+    """A cache policy = an eviction order + a placement + whether idle adapters stay."""
     name: str
     order: EvictionOrder
-    # False: S-LoRA drops an adapter once nobody (running or queued) wants it
+    # False: S-LoRA drops an adapter once nobody (running, queued or hinted) wants it
     keep_idle: bool
-    # vLLM-style fixed slots; None for the idle-memory policies
-    slots: int | None = None
-    slot_pages: int = 0
+    placement: Placement = field(default_factory=SharedPages)
 
     @property
     def reserved_pages(self) -> int:
-        return (self.slots or 0) * self.slot_pages
+        return self.placement.reserved_pages
 
 
 def build_policy(cfg: CacheConfig) -> CachePolicy:
     if cfg.policy == "slora":
         return CachePolicy("slora", LruOrder(), keep_idle=False)
     if cfg.policy == "lru":
-        return CachePolicy("lru", LruOrder(), keep_idle=True, slots=cfg.lru_slots,
-                           slot_pages=cfg.lru_slot_pages)
+        return CachePolicy("lru", LruOrder(), keep_idle=True,
+                           placement=FixedSlots(cfg.lru_slots, cfg.lru_slot_pages))
     if cfg.policy == "chameleon":
         return CachePolicy("chameleon", ScoreOrder(cfg.weights or CHAMELEON_WEIGHTS), keep_idle=True)
     if cfg.policy == "chameleon-lru":

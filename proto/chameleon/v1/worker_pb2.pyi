@@ -8,12 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WorkerCommand(_message.Message):
-    __slots__ = ("admit", "cancel")
+    __slots__ = ("admit", "cancel", "prefetch")
     ADMIT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_FIELD_NUMBER: _ClassVar[int]
     admit: Admit
     cancel: Cancel
-    def __init__(self, admit: _Optional[_Union[Admit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
+    prefetch: PrefetchHint
+    def __init__(self, admit: _Optional[_Union[Admit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., prefetch: _Optional[_Union[PrefetchHint, _Mapping]] = ...) -> None: ...
+
+class PrefetchHint(_message.Message):
+    __slots__ = ("adapter_ids",)
+    ADAPTER_IDS_FIELD_NUMBER: _ClassVar[int]
+    adapter_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, adapter_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Admit(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "adapter_id", "params")

@@ -2,12 +2,18 @@ import pytest
 
 from gpu_worker.core.batch_planner import BatchPlanner, pages_for
 from gpu_worker.core.memory import AdapterCache, CacheConfig, PagePool
+from gpu_worker.core.memory.admission import ReservationLedger, ReserveAdmission
 from gpu_worker.core.sequence import SamplingSpec, Sequence
 
 
 def kv_pages(n):
     """The worker's real page owner: the cache manager over a unified pool of n pages."""
     return AdapterCache(PagePool(n), CacheConfig(), clock=lambda: 0.0)
+
+
+def BatchPlanner(kv, block_size, **kw):  # noqa: N802 - the planner with the reserve ledger
+    from gpu_worker.core.batch_planner import BatchPlanner as Planner
+    return Planner(kv, ReservationLedger(kv, ReserveAdmission(block_size)), block_size, **kw)
 
 
 def seq(rid, prompt_len, max_tokens):
