@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
-    for name in ("cache", "sched"):
+    for name in ("cache", "sched", "kernels"):
         try:
             mod = __import__(f"clients.bench.{name}", fromlist=["run"])
         except ImportError:

@@ -32,6 +32,7 @@ class WorkerConfig:
     lru_slots: int = 8                      # --cache-policy lru: adapter slots reserved at max rank
     lru_max_rank: int = 128                 # --cache-policy lru: the rank a slot is sized for
     predictive_prefetch: bool = False       # histogram-based prefetch of adapters expected soon
+    lora_backend: str = "auto"              # auto (triton on CUDA, torch elsewhere) | torch | triton
     staging_dir: Path | None = None
     grace_s: float = 10.0
 
@@ -53,6 +54,10 @@ class WorkerConfig:
                              f"{', '.join(POLICY_NAMES)}")
         if self.lru_slots < 1 or self.lru_max_rank < 1:
             raise ValueError("lru_slots and lru_max_rank must be >= 1")
+        from gpu_worker.lora.backend import BACKENDS
+        if self.lora_backend not in BACKENDS:
+            raise ValueError(f"unknown --lora-backend {self.lora_backend!r}; choose from "
+                             f"{', '.join(BACKENDS)}")
         self.worker_id = self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -97,6 +102,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--predictive-prefetch", action="store_true",
                     help="prefetch adapters whose requests an inter-arrival histogram expects "
                          "within 2 s into free pages (never evicts; off by default)")
+    ap.add_argument("--lora-backend", default=d["lora_backend"].default,
+                    help="auto (triton on CUDA, torch elsewhere) | torch | triton (on CPU only "
+                         "with TRITON_INTERPRET=1, the slow interpreter)")
     ap.add_argument("--staging-dir", type=Path)
     ap.add_argument("--grace-s", type=float, default=d["grace_s"].default)
 
@@ -108,7 +116,7 @@ def config_from_args(a: argparse.Namespace) -> WorkerConfig:
                         gpu_memory_fraction=a.gpu_memory_fraction, max_running=a.max_running,
                         max_context=a.max_context, cache_policy=a.cache_policy,
                         lru_slots=a.lru_slots, lru_max_rank=a.lru_max_rank,
-                        predictive_prefetch=a.predictive_prefetch,
+                        predictive_prefetch=a.predictive_prefetch, lora_backend=a.lora_backend,
                         staging_dir=a.staging_dir, grace_s=a.grace_s)
 
 
@@ -130,6 +138,11 @@ async def serve(cfg: WorkerConfig) -> None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:
         dtype = getattr(torch, cfg.dtype)
+    from gpu_worker.lora.backend import resolve_backend
+    try:
+        resolve_backend(cfg.lora_backend, device)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     model = LlamaModel.load(cfg.model, device=torch.device(device), dtype=dtype)
     mc = model.config
     max_context = min(cfg.max_context, mc.max_position_embeddings)
@@ -151,7 +164,8 @@ async def serve(cfg: WorkerConfig) -> None:
                     EngineConfig(block_size=cfg.block_size, num_blocks=int(num_pages),
                                  max_running=cfg.max_running, max_step_tokens=max(2048, max_context),
                                  max_context=max_context, cache=cache,
-                                 prefetch=PrefetcherConfig() if cfg.predictive_prefetch else None))
+                                 prefetch=PrefetcherConfig() if cfg.predictive_prefetch else None,
+                                 lora_backend=cfg.lora_backend))
     info = worker_pb2.WorkerInfo(
         worker_id=cfg.worker_id, model_name=cfg.model.name, max_context=max_context,
         vocab_size=mc.vocab_size, block_size=cfg.block_size, total_pages=int(num_pages),

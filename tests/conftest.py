@@ -1,9 +1,17 @@
 """Shared fixtures. Test assets are built once into <repo>/.assets/test (gitignored)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without CUDA the LoRA kernels (gpu_worker/lora) run in Triton's CPU interpreter. The switch
+# must be on before anything imports triton (transformers and torch may, lazily): triton's
+# own library functions are defined interpreted or compiled when triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / ".assets"

@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from gpu_worker.lora.backend import BACKENDS, LoraRunner
+
 from .batch_planner import BatchPlanner, StepPlan
 from .detokenizer import StopChecker
 from .kv_cache import PagedKVCache
@@ -22,7 +24,7 @@ from .memory.prefetch import ArrivalHistogramPrefetcher, PrefetcherConfig
 from .model import ForwardBatch, LlamaModel
 from .sampling import sample
 from .sequence import Finish, Sequence
-from .unified_pool import PooledLoraBatch, StagedAdapter, UnifiedPool
+from .unified_pool import StagedAdapter, UnifiedPool
 from .worker_memory import MemoryEvents, WorkerMemory
 
 
@@ -39,6 +41,8 @@ class EngineConfig:
     # when a request may take memory: "reserve" (prompt + max_tokens up front) or
     # "slora-peak" (S-LoRA's peak estimate); see memory/admission.py
     admission: str = "reserve"
+    # LoRA compute: auto (triton on CUDA, torch elsewhere) | torch | triton (lora/backend.py)
+    lora_backend: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_running", "max_step_tokens", "max_context"):
@@ -49,6 +53,9 @@ class EngineConfig:
         if self.admission not in ADMISSION_NAMES:
             raise ValueError(f"unknown admission policy {self.admission!r}; choose from "
                              f"{ADMISSION_NAMES}")
+        if self.lora_backend not in BACKENDS:
+            raise ValueError(f"unknown lora_backend {self.lora_backend!r}; choose from "
+                             f"{', '.join(BACKENDS)}")
 
 
 @dataclass
@@ -76,6 +83,8 @@ class Engine:
                                    admission=build_admission(cfg.admission, cfg.block_size))
         self.kv = PagedKVCache(model.config, cfg.num_blocks, cfg.block_size, device=model.device,
                                dtype=model.dtype, storage=self.pool.storage)
+        self.lora = LoraRunner(cfg.lora_backend, self.pool.storage, self.pool.geometry.row_width,
+                               model.config, cfg.max_running, cfg.max_step_tokens)
         self.planner = BatchPlanner(self.memory, self.memory.ledger, cfg.block_size,
                                     cfg.max_running, cfg.max_step_tokens)
         self._order = itertools.count()
@@ -186,8 +195,7 @@ class Engine:
             positions=torch.tensor(pos, dtype=torch.long, device=dev),
             query_lens=qlens, context_lens=clens, block_tables=tables,
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev))
-        lora = (PooledLoraBatch(self.pool, adapters, qlens) if any(a is not None for a in adapters)
-                else None)
+        lora = self.lora.step(adapters, qlens)
         t0 = self.clock()
         logits = self.model.forward(batch, self.kv, lora)
         elapsed_ms = (self.clock() - t0) * 1000.0

@@ -12,7 +12,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +23,15 @@ from .kv_cache import PagedKVCache
 from .model_config import LlamaConfig
 
 
-class LoraDelta(Protocol):
-    """The LoRA of one forward pass (unified_pool.PooledLoraBatch)."""
+QKV = ("q_proj", "k_proj", "v_proj")
+GATE_UP = ("gate_proj", "up_proj")
 
-    def apply(self, layer: int, module: str, x: torch.Tensor) -> torch.Tensor | None:
-        """x [T, in] -> the LoRA delta [T, out], or None when no adapter touches this module."""
+
+class LoraDelta(Protocol):
+    """The LoRA of one forward pass (gpu_worker.lora.backend.LoraStep)."""
+
+    def add(self, layer: int, modules: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> None:
+        """y [T, sum of the modules' outputs] += each token's adapter's LoRA of x [T, in]."""
 
 
 @dataclass
@@ -90,6 +94,10 @@ class LlamaModel:
                 "in_norm": w(p + "input_layernorm.weight"), "post_norm": w(p + "post_attention_layernorm.weight"),
                 **{m: w(p + f"self_attn.{m}.weight") for m in ("q_proj", "k_proj", "v_proj", "o_proj")},
                 **{m: w(p + f"mlp.{m}.weight") for m in ("gate_proj", "up_proj", "down_proj")}})
+            lw = self.layers[-1]
+            # q/k/v and gate/up share their input: one matmul each (the views stay valid)
+            lw["qkv_proj"] = torch.cat([lw.pop(m) for m in QKV])
+            lw["gate_up_proj"] = torch.cat([lw.pop(m) for m in GATE_UP])
         self.inv_freq = rope_inv_freq(config).to(self.device)
 
     @classmethod
@@ -107,12 +115,12 @@ class LlamaModel:
                     weights[k] = sf.get_tensor(k)
         return cls(cfg, weights, torch.device(device), dtype)
 
-    def _linear(self, x: torch.Tensor, layer: int, name: str, lora: LoraDelta | None) -> torch.Tensor:
+    def _linear(self, x: torch.Tensor, layer: int, name: str, lora: LoraDelta | None,
+                modules: Sequence[str] | None = None) -> torch.Tensor:
+        """x @ W^T plus LoRA; `modules` name the LoRA modules a fused weight stacks."""
         y = x @ self.layers[layer][name].t()
         if lora is not None:
-            d = lora.apply(layer, name, x)
-            if d is not None:
-                y = y + d.to(y.dtype)
+            lora.add(layer, modules or (name,), x, y)
         return y
 
     @torch.inference_mode()
@@ -128,16 +136,15 @@ class LlamaModel:
                                    kv.block_size, nh // kvh, self.device)
         for i, lw in enumerate(self.layers):
             h = rms_norm(x, lw["in_norm"], c.rms_norm_eps)
-            q = self._linear(h, i, "q_proj", lora).view(-1, nh, hd)
-            k = self._linear(h, i, "k_proj", lora).view(-1, kvh, hd)
-            v = self._linear(h, i, "v_proj", lora).view(-1, kvh, hd)
+            qkv = self._linear(h, i, "qkv_proj", lora, QKV)
+            q, k, v = qkv.split((nh * hd, kvh * hd, kvh * hd), dim=-1)
+            q, k, v = q.reshape(-1, nh, hd), k.reshape(-1, kvh, hd), v.reshape(-1, kvh, hd)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             kv.write(i, batch.slot_mapping, k, v)
             x = x + self._linear(paged_attention(q, kv, i, meta), i, "o_proj", lora)
             h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
-            g = self._linear(h, i, "gate_proj", lora)
-            u = self._linear(h, i, "up_proj", lora)
+            g, u = self._linear(h, i, "gate_up_proj", lora, GATE_UP).chunk(2, dim=-1)
             x = x + self._linear(F.silu(g) * u, i, "down_proj", lora)
         last = torch.tensor(list(itertools.accumulate(batch.query_lens)), device=self.device) - 1
         h = rms_norm(x[last], self.norm, c.rms_norm_eps)

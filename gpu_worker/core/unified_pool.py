@@ -6,11 +6,9 @@ adapters (each page = `rows_per_page` slots of `row_width` elements per layer;
 a LoRA row takes as many consecutive slots as it needs, see memory/layout.py). Which page belongs to whom is decided by the pure
 Python cache manager; this module only moves bytes and gathers rows.
 
-LoRA compute reads an adapter where it sits: `PooledLora` keeps, per (layer,
-module), the global slot of every row of A and of B^T, and `PooledLoraBatch`
-gathers those rows for the step's matmuls through a strided (unfold) view of
-the layer's storage, so a row of any width is one contiguous read. Nothing is copied into a
-per-adapter contiguous buffer that outlives the step.
+Installing an adapter returns its row table (gpu_worker.lora.rows.PooledLora): the slot
+of every row of A and of B^T. LoRA compute (gpu_worker.lora) reads the rows where they
+sit through that table; nothing is copied into a per-adapter contiguous buffer.
 """
 from __future__ import annotations
 
@@ -19,6 +17,8 @@ from dataclasses import dataclass
 import contextlib
 
 import torch
+
+from gpu_worker.lora.rows import PooledLora
 
 from .memory.geometry import page_bytes_for, page_elements, row_geometry
 from .memory.layout import AdapterLayout, AdapterShape, LoraModuleShape, layout_adapter
@@ -69,25 +69,6 @@ def adapter_shape(cfg: LlamaConfig, weights: dict[tuple[int, str], tuple]) -> Ad
     return AdapterShape(cfg.num_layers, tuple(modules))
 
 
-@dataclass
-class _Rows:
-    slots: torch.Tensor   # [r] global slot (page * rows_per_page + offset) where each row starts
-    width: int            # in_features (A) or out_features (B^T)
-
-
-class PooledLora:
-    """Row tables of one resident adapter: where each row of A and B^T lives in the pool."""
-
-    def __init__(self, adapter_id: str, tables: dict[tuple[int, str], tuple[_Rows, _Rows, float]],
-                 ready: "torch.cuda.Event | None" = None):
-        self.adapter_id = adapter_id
-        self.tables = tables
-        self.ready = ready  # None: the copy is done; else an event recorded after the copy
-
-    def is_ready(self) -> bool:
-        return self.ready is None or self.ready.query()
-
-
 class UnifiedPool:
     def __init__(self, cfg: LlamaConfig, num_pages: int, block_size: int, device: torch.device,
                  dtype: torch.dtype):
@@ -119,70 +100,31 @@ class UnifiedPool:
         compute goes on."""
         stream = stream if stream is not None else self.copy_stream
         g, E = self.geometry, self.page_elems
-        tables = {}
+        starts: dict[tuple[int, str], tuple[list[int], list[int], float]] = {}
         if stream is not None:  # the pages may just have been freed by work on the compute stream
             stream.wait_stream(torch.cuda.current_stream(self.device))
         ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         with ctx:
             for (layer, module), (a, b, scale) in staged.weights.items():
-                rows = {}
+                rows: dict[str, list[int]] = {}
                 for matrix, w in (("A", a), ("B", b.t())):
                     runs = layout.runs.get((layer, module, matrix))
                     if runs is None:
                         raise ValueError(f"layout lacks {module} {matrix} in layer {layer}")
                     w = w.to(device=self.device, dtype=self.dtype, non_blocking=True)
-                    width, starts = w.shape[1], []
+                    width, slots = w.shape[1], []
                     for run in runs:  # `count` rows back to back, each `slots_per_row` slots long
                         step = run.slots_per_row * g.row_width
                         begin = page_ids[run.page_index] * E + run.offset * g.row_width
                         block = self._flat[layer, begin:begin + run.count * step].view(run.count, step)
                         block[:, :width] = w[run.first_row:run.first_row + run.count]
                         first = page_ids[run.page_index] * g.rows_per_page + run.offset
-                        starts += range(first, first + run.count * run.slots_per_row, run.slots_per_row)
-                    rows[matrix] = _Rows(torch.tensor(starts, device=self.device), width)
-                tables[(layer, module)] = (rows["A"], rows["B"], scale)
+                        slots += range(first, first + run.count * run.slots_per_row, run.slots_per_row)
+                    rows[matrix] = slots
+                starts[(layer, module)] = (rows["A"], rows["B"], scale)
         ready = None
         if stream is not None:
             ready = torch.cuda.Event()
             ready.record(stream)
-        return PooledLora(staged.adapter_id, tables, ready)
-
-    def gather(self, layer: int, rows: _Rows) -> torch.Tensor:
-        """The rows of one matrix, [r, width], read where they sit in the pool pages."""
-        # row j of the unfold view is the `width` elements starting at slot j: no copy
-        view = self._flat[layer].unfold(0, rows.width, self.geometry.row_width)
-        return view.index_select(0, rows.slots)
-
-
-class PooledLoraBatch:
-    """LoRA for one engine step, reading each adapter's rows from the pool.
-
-    Tokens are grouped by adapter; each group gathers its A and B^T rows and
-    runs two matmuls at its own rank (ranks mix without padding).
-    """
-
-    def __init__(self, pool: UnifiedPool, adapters: list[PooledLora | None], query_lens: list[int]):
-        self.pool = pool
-        groups: dict[int, tuple[PooledLora, list[int]]] = {}
-        pos = 0
-        for ad, q in zip(adapters, query_lens):
-            if ad is not None:
-                groups.setdefault(id(ad), (ad, []))[1].extend(range(pos, pos + q))
-            pos += q
-        self.groups = [(ad, torch.tensor(idx, dtype=torch.long, device=pool.device))
-                       for ad, idx in groups.values()]
-
-    def apply(self, layer: int, module: str, x: torch.Tensor) -> torch.Tensor | None:
-        out = None
-        for ad, idx in self.groups:
-            t = ad.tables.get((layer, module))
-            if t is None:
-                continue
-            a_rows, b_rows, scale = t
-            a = self.pool.gather(layer, a_rows)      # [r, in]
-            bt = self.pool.gather(layer, b_rows)     # [r, out]
-            delta = (x.index_select(0, idx) @ a.t()) @ bt
-            if out is None:
-                out = x.new_zeros(x.shape[0], bt.shape[1])
-            out.index_add_(0, idx, delta * scale)
-        return out
+        return PooledLora.from_starts(staged.adapter_id, self.cfg.num_layers, starts, self.device,
+                                      ready)

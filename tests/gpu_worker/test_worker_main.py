@@ -19,3 +19,21 @@ def test_unknown_cache_policy_is_a_usage_error(tiny_assets):
                         "--store", "127.0.0.1:1", "--cache-policy", "mru"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown --cache-policy 'mru'" in r.stderr, r.stderr[-2000:]
+
+
+def test_triton_backend_without_cuda_or_interpreter_is_refused_with_a_fix(tiny_assets):
+    import os
+
+    import torch
+    if torch.cuda.is_available():
+        return  # there the kernels compile; nothing to refuse
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "gpu_worker.main", "--model", str(tiny_assets["model"]),
+                        "--store", "127.0.0.1:1", "--lora-backend", "triton"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode != 0
+    assert "needs a CUDA device, or TRITON_INTERPRET=1" in r.stderr, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "gpu_worker.main", "--model", str(tiny_assets["model"]),
+                        "--store", "127.0.0.1:1", "--lora-backend", "cutlass"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "unknown --lora-backend 'cutlass'" in r.stderr, r.stderr[-2000:]
