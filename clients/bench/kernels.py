@@ -3,9 +3,9 @@
 One layer's LoRA on all seven modules (q/k/v fused, o, gate/up fused, down) at rank 16,
 adapters read where they sit in a unified pool, for decode batches of 1-256 tokens (one
 token per request) and prefills of 128-8192 tokens split evenly over the requests, with
-1-64 distinct adapters. On CUDA the Triton kernels run next to the torch path in the same
-run; without CUDA only the torch path (the reference the kernels are checked against) runs,
-and the output says so. "bytes" counts what the op must move at least: activations in and
+1-64 distinct adapters. Backends, in the same run: `reference` (lora/reference.py, the
+per-adapter loop the kernels are checked against), `torch` (the batched torch path) and, on
+CUDA only, `triton`; without CUDA the kernels are not run and the output says so. "bytes" counts what the op must move at least: activations in and
 out, the intermediate z, and each distinct adapter's rows once.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 from gpu_worker.core.model_config import LlamaConfig
 from gpu_worker.core.unified_pool import StagedAdapter, UnifiedPool, adapter_shape
 from gpu_worker.lora.backend import LoraRunner
-from gpu_worker.lora.rows import LORA_MODULES
+from gpu_worker.lora.reference import lora_expand_ref, lora_shrink_ref
+from gpu_worker.lora.rows import LORA_MODULES, MODULE_INDEX
 
 RANK = 16
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
@@ -88,7 +89,7 @@ def _time_ms(fn, device: torch.device, reps: int) -> float:
 def run_kernels_bench(quick: bool, device: str | None = None, reps: int | None = None) -> dict:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    backends = ["triton", "torch"] if dev.type == "cuda" else ["torch"]
+    backends = (["triton"] if dev.type == "cuda" else []) + ["torch", "reference"]
     decode = QUICK["decode"] if quick else DECODE
     prefill = QUICK["prefill"] if quick else PREFILL
     n_adapters = QUICK["adapters"] if quick else ADAPTERS
@@ -114,7 +115,7 @@ def run_kernels_bench(quick: bool, device: str | None = None, reps: int | None =
             for n in n_adapters:
                 if n > tokens:
                     continue
-                runner_by = {b: LoraRunner(b, pool.storage, pool.geometry.row_width, cfg,
+                runner_by = {b: LoraRunner("torch" if b == "reference" else b, pool.storage, pool.geometry.row_width, cfg,
                                            max(tokens, n) if phase == "decode" else n, max_tokens)
                              for b in backends}
                 if phase == "decode":
@@ -128,10 +129,17 @@ def run_kernels_bench(quick: bool, device: str | None = None, reps: int | None =
                       for g in GROUPS}
                 nbytes = _bytes_moved(cfg, tokens, n, torch.empty((), dtype=dtype).element_size())
                 for b, runner in runner_by.items():
-                    def one_layer(runner=runner):
+                    def one_layer(runner=runner, b=b):
                         step = runner.step(ads, qlens)
                         for g in GROUPS:
-                            step.add(0, g, xs[g], ys[g])
+                            if b == "reference":
+                                ids = tuple(MODULE_INDEX[m] for m in g)
+                                z = lora_shrink_ref(xs[g], pool.storage, runner.meta, 0, ids,
+                                                    pool.geometry.row_width)
+                                lora_expand_ref(z, ys[g], pool.storage, runner.meta, 0, ids,
+                                                tuple(dims[m][1] for m in g), pool.geometry.row_width)
+                            else:
+                                step.add(0, g, xs[g], ys[g])
                     ms = _time_ms(one_layer, dev, reps)
                     gbps = nbytes / (ms / 1000.0) / 1e9
                     cases.append({"phase": phase, "tokens": tokens, "adapters": n, "backend": b,
@@ -147,19 +155,20 @@ def format_table(result: dict) -> str:
     lines = [f"LoRA of one Llama-7B layer (7 modules, rank {result['rank']}, {result['dtype']}) on "
              f"{result['device']} [{result['label']}]; median of {result['reps']} runs"]
     if "triton" not in result["backends"]:
-        lines.append("no CUDA device: the Triton kernels are not run; torch path (the reference) only")
+        lines.append("no CUDA device: the Triton kernels are not run; the torch paths only")
     bw = result["device_bandwidth_gbps"]
+    lines.append("vs ref = the reference loop's time / this backend's time, same case, same run")
     lines.append(f"device memory bandwidth: {f'{bw:.0f} GB/s' if bw else 'unknown'}")
-    lines.append(f"{'phase':<8}{'tokens':>7}{'adapters':>9}{'backend':>8}{'ms':>10}{'MB moved':>10}"
-                 f"{'GB/s':>8}{'of peak':>8}{'vs torch':>9}")
-    torch_ms = {(c["phase"], c["tokens"], c["adapters"]): c["ms"] for c in result["cases"]
-                if c["backend"] == "torch"}
+    lines.append(f"{'phase':<8}{'tokens':>7}{'adapters':>9}{'backend':>10}{'ms':>10}{'MB moved':>10}"
+                 f"{'GB/s':>8}{'of peak':>8}{'vs ref':>8}")
+    ref_ms = {(c["phase"], c["tokens"], c["adapters"]): c["ms"] for c in result["cases"]
+              if c["backend"] == "reference"}
     for c in result["cases"]:
         ratio = c["bandwidth_ratio"]
-        speed = torch_ms[(c["phase"], c["tokens"], c["adapters"])] / c["ms"]
-        lines.append(f"{c['phase']:<8}{c['tokens']:>7}{c['adapters']:>9}{c['backend']:>8}"
+        speed = ref_ms[(c["phase"], c["tokens"], c["adapters"])] / c["ms"]
+        lines.append(f"{c['phase']:<8}{c['tokens']:>7}{c['adapters']:>9}{c['backend']:>10}"
                      f"{c['ms']:>10.3f}{c['bytes'] / 1e6:>10.1f}{c['gbps']:>8.1f}"
-                     f"{(f'{ratio:.2f}' if ratio else '-'):>8}{speed:>8.2f}x")
+                     f"{(f'{ratio:.2f}' if ratio else '-'):>8}{speed:>7.2f}x")
     return "\n".join(lines)
 
 
