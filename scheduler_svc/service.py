@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from chameleon.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, store_pb2, store_pb2_grpc, worker_pb2
+from scheduler_svc.core.lifecycle import Lifecycle, RequestBook
 from scheduler_svc.core.types import AdmissionPolicy, PendingRequest
 from scheduler_svc.worker_link import WorkerLink
 
@@ -20,16 +21,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class _Live:
-    pending: PendingRequest
+    """One client stream; its lifecycle (worker, re-runs, replay skip) is in `book`."""
+    lc: Lifecycle
     admit: worker_pb2.Admit
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    worker: WorkerLink | None = None
-    admitted_at: float | None = None
-    sent_tokens: int = 0     # tokens already streamed to the client
-    seen_tokens: int = 0     # tokens seen from the current attempt (re-runs replay a prefix)
-    done: bool = False
     first_ttft: float = 0.0
     first_token_at: float | None = None
+
+    @property
+    def pending(self) -> PendingRequest:
+        return self.lc.pending
 
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
@@ -46,10 +47,15 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.store = store_pb2_grpc.AdapterStoreStub(self._store_channel)
         self.links = [WorkerLink(a, self._on_worker_event, self._on_worker_down)
                       for a in worker_addresses]
+        self.book = RequestBook(policy, clock)
         self._live: dict[str, _Live] = {}
+        self._links_by_id: dict[str, WorkerLink] = {}
         self._kick = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
-        self.completed = 0
+
+    @property
+    def completed(self) -> int:
+        return self.book.completed_count
 
     async def start(self) -> None:
         for link in self.links:
@@ -143,10 +149,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     # -- rpc ------------------------------------------------------------------
     async def Generate(self, request, context):
         admit, pending = await self._validate(request, context)
-        live = _Live(pending, admit)
         rid = pending.request_id
+        live = _Live(self.book.add(pending), admit)
         self._live[rid] = live
-        self.policy.enqueue(pending)
         self._kick.set()
         first = True
         try:
@@ -158,7 +163,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 now = self.clock()
                 timings = None
                 if first or kind == "done":
-                    queue_ms = ((live.admitted_at or now) - pending.arrival) * 1000.0
+                    queue_ms = ((live.lc.admitted_at or now) - pending.arrival) * 1000.0
                     timings = common_pb2.Timings(
                         queue_ms=queue_ms, ttft_ms=(now - pending.arrival) * 1000.0,
                         adapter_load_ms=payload.timings.adapter_load_ms,
@@ -175,16 +180,16 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                     yield scheduler_pb2.GenerateResponse(
                         request_id=rid, text=payload.text, token_ids=payload.token_ids,
                         timings=timings, prompt_tokens=pending.input_tokens,
-                        completion_tokens=live.sent_tokens)
+                        completion_tokens=live.lc.sent_tokens)
                 else:
                     self._trace(live, payload, now)
                     yield scheduler_pb2.GenerateResponse(
                         request_id=rid, text=payload.text, finish_reason=payload.finish_reason,
                         timings=timings, prompt_tokens=pending.input_tokens,
-                        completion_tokens=live.sent_tokens)
+                        completion_tokens=live.lc.sent_tokens)
                     return
         finally:
-            self._release(live, cancel=not live.done)
+            self._release(live, cancel=not live.lc.done)
 
     def _trace(self, live: _Live, done: worker_pb2.Completion, now: float) -> None:
         if self.tracer is None:
@@ -193,10 +198,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
         p = live.pending
         record_request(self.tracer, request_id=p.request_id, adapter_id=p.adapter_id,
-                       arrival=p.arrival, admitted=live.admitted_at,
+                       arrival=p.arrival, admitted=live.lc.admitted_at,
                        adapter_load_ms=done.timings.adapter_load_ms, prefill_ms=done.timings.prefill_ms,
                        first_token=live.first_token_at, finished=now, clock_now=self.clock(),
-                       prompt_tokens=p.input_tokens, completion_tokens=live.sent_tokens,
+                       prompt_tokens=p.input_tokens, completion_tokens=live.lc.sent_tokens,
                        finish=common_pb2.FinishReason.Name(done.finish_reason))
 
     async def ListAdapters(self, request, context):
@@ -208,20 +213,18 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def GetStatus(self, request, context):
         workers = []
         for l in self.links:
-            v, st = l.refresh_view(), l.state or worker_pb2.WorkerState()
+            v, st = self.book.views_for([l.refresh_view()])[0], l.state or worker_pb2.WorkerState()
             workers.append(scheduler_pb2.WorkerStatus(
                 worker_id=v.worker_id, address=l.address, connected=v.connected, running=v.running,
                 total_tokens=v.total_tokens, free_tokens=v.free_tokens, free_pages=st.free_pages,
                 evictable_pages=st.evictable_pages, cached_adapters=sorted(v.cached_adapters),
                 cache_hits=st.cache_hits, cache_misses=st.cache_misses, evictions=st.evictions,
                 bytes_loaded=st.bytes_loaded))
-        metrics = {}
-        if hasattr(self.policy, "metrics"):
-            metrics = {k: float(v) for k, v in self.policy.metrics().items()
-                       if isinstance(v, (int, float))}
+        metrics = {k: float(v) for k, v in self.policy.metrics().items()
+                   if isinstance(v, (int, float))}
         return scheduler_pb2.GetStatusResponse(
             policy=self.policy.name, queued=self.policy.queued(),
-            running=sum(len(l.reserved) for l in self.links), workers=workers, metrics=metrics,
+            running=self.book.running(), workers=workers, metrics=metrics,
             completed=self.completed)
 
     # -- scheduling -----------------------------------------------------------
@@ -232,50 +235,42 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             links = {l.view.worker_id: l for l in self.links if l.view.connected}
             if not links or not self.policy.queued():
                 continue
-            for adm in self.policy.schedule([l.refresh_view() for l in links.values()]):
+            rnd = self.book.schedule(self.book.views_for([l.refresh_view() for l in links.values()]))
+            for adm in rnd.admit:
                 self._dispatch(adm.request.request_id, links[adm.worker_id])
-            for rid in getattr(self.policy, "squashes", lambda: [])():
-                self._requeue(rid)
+            for rid, wid in rnd.cancel:
+                self._send_cancel(rid, wid)
+            if rnd.cancel:
+                self._kick.set()
 
     def _dispatch(self, rid: str, link: WorkerLink) -> None:
         live = self._live.get(rid)
-        if live is None or live.done:
+        if live is None:
             return
-        live.worker = link
-        live.admitted_at = live.admitted_at or self.clock()
-        live.seen_tokens = 0
-        link.reserved[rid] = live.pending.reserved_tokens
+        self._links_by_id[link.view.worker_id] = link
         if not link.send(worker_pb2.WorkerCommand(admit=live.admit)):
             self._requeue(rid)
+
+    def _send_cancel(self, rid: str, worker_id: str) -> None:
+        link = self._links_by_id.get(worker_id)
+        if link is not None:
+            link.send(worker_pb2.WorkerCommand(cancel=worker_pb2.Cancel(request_id=rid)))
 
     def _requeue(self, rid: str) -> None:
         """Run a request again (its worker was lost or it was squashed); the client's
         stream continues where it stopped because the replayed prefix is skipped."""
-        live = self._live.get(rid)
-        if live is None or live.done:
-            return
-        if live.worker is not None:
-            live.worker.reserved.pop(rid, None)
-            live.worker.send(worker_pb2.WorkerCommand(cancel=worker_pb2.Cancel(request_id=rid)))
-            live.worker = None
-        live.pending.attempts += 1
-        requeue = getattr(self.policy, "requeue", self.policy.enqueue)
-        requeue(live.pending)
+        wid = self.book.requeue(rid)
+        if wid is not None:
+            self._send_cancel(rid, wid)
         self._kick.set()
 
     def _release(self, live: _Live, cancel: bool) -> None:
         rid = live.pending.request_id
         if self._live.pop(rid, None) is None:
             return
-        live.done = True
-        if live.worker is None:
-            self.policy.cancel(rid)
-        else:
-            live.worker.reserved.pop(rid, None)
-            if cancel:
-                live.worker.send(worker_pb2.WorkerCommand(cancel=worker_pb2.Cancel(request_id=rid)))
-            self.policy.on_finish(live.pending, live.sent_tokens)
-        self.completed += 0 if cancel else 1
+        wid = self.book.release(rid, cancel)
+        if wid is not None:
+            self._send_cancel(rid, wid)
         self._kick.set()
 
     def _on_worker_event(self, link: WorkerLink, ev: worker_pb2.WorkerEvent) -> None:
@@ -285,29 +280,26 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             return
         msg = getattr(ev, kind)
         live = self._live.get(msg.request_id)
-        if live is None or live.worker is not link:
+        wid = link.view.worker_id
+        if live is None or self.book.current(msg.request_id, wid) is None:
             return
         if kind == "token":
             # a re-run replays tokens the client already has: drop that prefix
-            new = list(msg.token_ids)
-            skip = max(0, min(len(new), live.sent_tokens - live.seen_tokens))
-            live.seen_tokens += len(new)
-            if skip and skip == len(new) and live.sent_tokens > 0:
+            n = len(msg.token_ids)
+            if self.book.tokens(msg.request_id, wid, n) == 0 and n > 0 and live.lc.sent_tokens > 0:
                 return
-            live.sent_tokens += len(new) - skip
             live.events.put_nowait(("token", msg))
         elif kind == "completion":
-            live.done = True
+            self.book.completed(msg.request_id, wid)
             live.events.put_nowait(("done", msg))
         elif kind == "error":
-            live.done = True
+            self.book.completed(msg.request_id, wid)
             live.events.put_nowait(("error", (grpc.StatusCode[_code_name(msg.code)], msg.message)))
 
     def _on_worker_down(self, link: WorkerLink) -> None:
-        for rid in list(link.reserved):
+        for rid in self.book.worker_down(link.view.worker_id):
             log.warning("re-queueing %s: worker %s went away", rid, link.address)
-            self._requeue(rid)
-        link.reserved.clear()
+        self._kick.set()
 
 
 def _code_name(value: int) -> str:

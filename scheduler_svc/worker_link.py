@@ -31,7 +31,6 @@ class WorkerLink:
         self.tokenizer: Tokenizer | None = None
         self.view = WorkerView(worker_id=address, total_tokens=0, free_tokens=0, connected=False)
         self.state: worker_pb2.WorkerState | None = None
-        self.reserved: dict[str, int] = {}      # request id -> reserved KV tokens
         self._out: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self.connected = asyncio.Event()
@@ -54,14 +53,14 @@ class WorkerLink:
         return True
 
     def refresh_view(self) -> WorkerView:
+        """The worker's geometry and memory state; free_tokens and running are the
+        scheduler's own bookkeeping (RequestBook.views_for)."""
         v = self.view
         if self.info is not None:
             v.total_tokens = self.info.total_pages * self.info.block_size
-            v.free_tokens = v.total_tokens - sum(self.reserved.values())
             v.max_running = self.info.max_running
             v.block_tokens = self.info.block_size
             v.page_bytes = self.info.page_bytes
-        v.running = len(self.reserved)
         if self.state is not None:
             v.cached_adapters = set(self.state.cached_adapters)
             v.loading_adapters = set(self.state.loading_adapters)

@@ -29,7 +29,7 @@ from .kmeans import choose_clustering
 from .mlq import Entry, WorkerQueues, insert_sorted
 from .predictor import OutputPredictor, QuantileOutputPredictor, ServiceTimeModel
 from .quota import QueueLoad, compute_quotas
-from .types import Admission, Clock, PendingRequest, WorkerView
+from .types import Admission, AdmissionPolicy, Clock, PendingRequest, WorkerView
 from .wrs import WrsScale
 
 
@@ -67,7 +67,7 @@ class ChameleonConfig:
             raise ValueError(f"static_boundaries must be strictly increasing, got {sb}")
 
 
-class ChameleonPolicy:
+class ChameleonPolicy(AdmissionPolicy):
     def __init__(self, clock: Clock, config: ChameleonConfig | None = None,
                  predictor: OutputPredictor | None = None, name: str = "chameleon"):
         self.name = name
@@ -128,6 +128,12 @@ class ChameleonPolicy:
     def squashes(self) -> list[str]:
         out, self._squashed = self._squashed, []
         return out
+
+    def prefetch_hints(self, worker_id: str, limit: int = 8) -> list[str]:
+        """Adapters of the requests next in line on that worker: each queue's head first
+        (smallest queue first, as batch formation goes), then the requests behind them."""
+        wq = self._workers.get(worker_id)
+        return wq.upcoming_adapters(limit) if wq is not None else []
 
     def schedule(self, workers: list[WorkerView]) -> list[Admission]:
         now = self._clock()

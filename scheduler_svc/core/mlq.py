@@ -183,6 +183,28 @@ class WorkerQueues:
             dq.popleft()
         return dq[0] if dq else None
 
+    def upcoming_adapters(self, limit: int) -> list[str]:
+        """Distinct adapters of queued requests in the order batch formation reaches them:
+        depth 0 of every queue (smallest first), then depth 1, ...; skips cancelled slots."""
+        out: list[str] = []
+        iters = [iter(dq) for dq in self.queues]
+        scanned = 0
+        while iters and len(out) < limit and scanned < 8 * limit:
+            for it in list(iters):
+                e = next(it, None)
+                while e is not None and self.live.get(e.req.request_id) is not e:
+                    e = next(it, None)
+                if e is None:
+                    iters.remove(it)
+                    continue
+                scanned += 1
+                aid = e.req.adapter_id
+                if aid is not None and aid not in out:
+                    out.append(aid)
+                    if len(out) >= limit:
+                        break
+        return out
+
     def take_all_queued(self) -> list[Entry]:
         """Remove every queued request, oldest first (worker lost, or queues rebuilt)."""
         out = sorted(self.live.values(), key=lambda e: (e.req.arrival, e.seq))

@@ -2,20 +2,21 @@
 
 The queued request with the smallest predicted output (ties: oldest first) is
 admitted whenever some worker has room for it; when it does not fit anywhere the
-round stops, so a large head is not overtaken forever by ever-smaller requests in
-the same round -- but newer shorter requests still overtake it across rounds (SJF's
-known starvation of long jobs, which is what it is compared for).
+round stops (the loop shared with FIFO, fifo.py), so a large head is not overtaken
+forever by ever-smaller requests in the same round -- but newer shorter requests
+still overtake it across rounds (SJF's known starvation of long jobs, which is what
+it is compared for).
 """
 from __future__ import annotations
 
 import heapq
 
-from .fifo import pick_worker
+from .fifo import OrderedAdmission
 from .predictor import OutputPredictor, QuantileOutputPredictor
-from .types import Admission, Clock, PendingRequest, WorkerView
+from .types import Clock, PendingRequest
 
 
-class SjfPolicy:
+class SjfPolicy(OrderedAdmission):
     name = "sjf"
 
     def __init__(self, clock: Clock, predictor: OutputPredictor | None = None):
@@ -47,18 +48,13 @@ class SjfPolicy:
             heapq.heappop(self._heap)
         return self._heap[0][3] if self._heap else None
 
-    def schedule(self, workers: list[WorkerView]) -> list[Admission]:
-        out: list[Admission] = []
-        while (head := self._head()) is not None:
-            w = pick_worker(head, workers)
-            if w is None:
-                break
-            heapq.heappop(self._heap)
-            del self._live[head.request_id]
-            w.free_tokens -= head.reserved_tokens
-            w.running += 1
-            out.append(Admission(head, w.worker_id))
-        return out
+    def _pop_head(self) -> None:
+        _, _, _, req = heapq.heappop(self._heap)
+        del self._live[req.request_id]
+
+    def _in_order(self, limit: int) -> list[PendingRequest]:
+        return [e[3] for e in heapq.nsmallest(limit, self._heap)
+                if self._live.get(e[3].request_id) is e[3]]
 
     def on_finish(self, req: PendingRequest, output_tokens: int) -> None:
         self.predictor.observe(req, output_tokens)

@@ -6,7 +6,7 @@ events into `WorkerView`s; policies only ever see these plain objects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 Clock = Callable[[], float]  # seconds, monotonic
 
@@ -53,30 +53,44 @@ class Admission:
     worker_id: str
 
 
-class AdmissionPolicy(Protocol):
-    """Decides which queued requests start now, and where.
+class AdmissionPolicy:
+    """Decides which queued requests start now, and where (base class with defaults).
 
-    Non-preemptive: once admitted, a request runs to completion, except that a
-    policy may squash one: optional methods the service calls when present are
-    `squashes() -> list[str]` (request ids to stop and hand back through
-    `requeue`), `requeue(req)` (a squashed request or one whose worker was lost;
-    default: `enqueue`) and `metrics() -> dict[str, float]`.
+    Non-preemptive: once admitted, a request runs to completion, except that a policy
+    may squash one: `squashes()` lists request ids it stopped (already released on its
+    side); the caller hands each back through `requeue`. `requeue(req)` also takes a
+    request whose worker was lost. `prefetch_hints(worker_id)` names adapters the
+    requests queued for that worker will need next, most urgent first.
     """
 
-    name: str
+    name: str = "policy"
 
-    def enqueue(self, req: PendingRequest) -> None: ...
+    def enqueue(self, req: PendingRequest) -> None:
+        raise NotImplementedError
+
+    def requeue(self, req: PendingRequest) -> None:
+        """A squashed request, or one whose worker was lost, queued again."""
+        self.enqueue(req)
 
     def cancel(self, request_id: str) -> bool:
         """Drop a queued request; False when it is not queued (already admitted)."""
-        ...
+        raise NotImplementedError
 
     def schedule(self, workers: list[WorkerView]) -> list[Admission]:
         """One scheduling round. Must not admit more than a worker's free tokens/slots."""
-        ...
+        raise NotImplementedError
 
     def on_finish(self, req: PendingRequest, output_tokens: int) -> None:
         """A previously admitted request finished (any reason)."""
-        ...
 
-    def queued(self) -> int: ...
+    def queued(self) -> int:
+        raise NotImplementedError
+
+    def squashes(self) -> list[str]:
+        return []
+
+    def prefetch_hints(self, worker_id: str, limit: int = 8) -> list[str]:
+        return []
+
+    def metrics(self) -> dict[str, float]:
+        return {}
