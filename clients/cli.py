@@ -18,7 +18,8 @@ def _generate(a: argparse.Namespace) -> int:
             try:
                 async for chunk in c.generate(a.prompt, adapter=a.adapter, max_tokens=a.max_tokens,
                                               temperature=a.temperature, top_p=a.top_p, seed=a.seed,
-                                              stop=a.stop, timeout=a.timeout):
+                                              stop=a.stop, min_tokens=a.min_tokens,
+                                              ignore_eos=a.ignore_eos, timeout=a.timeout):
                     print(chunk.text, end="", flush=True)
                     if chunk.finish_reason:
                         t = chunk.timings
@@ -98,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=[])
+    g.add_argument("--min-tokens", type=int, default=0,
+                   help="EOS and stop strings cannot end the completion before this many tokens")
+    g.add_argument("--ignore-eos", action="store_true",
+                   help="generate past end-of-sequence tokens, up to --max-tokens")
     g.add_argument("--timeout", type=float, default=None)
     g.add_argument("--address", default=DEFAULT_ADDRESS)
     g.set_defaults(func=_generate)

@@ -56,9 +56,14 @@ class ChameleonClient:
     async def generate(self, prompt: str, *, adapter: str | None = None, max_tokens: int = 64,
                        temperature: float = 0.0, top_p: float | None = None,
                        seed: int | None = None, stop: list[str] | None = None,
+                       min_tokens: int = 0, ignore_eos: bool = False,
                        request_id: str = "", timeout: float | None = None) -> AsyncIterator[Chunk]:
+        """Streams the completion. `min_tokens`: EOS and stop strings cannot end it earlier;
+        `ignore_eos`: EOS tokens are generated like any other, only max_tokens or a stop
+        string ends it."""
         params = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature,
-                                           stop=stop or [])
+                                           stop=stop or [], min_tokens=min_tokens,
+                                           ignore_eos=ignore_eos)
         if top_p is not None:
             params.top_p = top_p
         if seed is not None:

@@ -24,6 +24,7 @@ class LoadRequest:
     prompt: str
     adapter: str | None
     max_tokens: int
+    min_tokens: int = 0   # EOS cannot end it earlier (benchmarks force the output length)
 
 
 @dataclass
@@ -51,7 +52,7 @@ async def _one(client: ChameleonClient, req: LoadRequest, timeout: float) -> Loa
     t0 = last = time.perf_counter()
     try:
         async for c in client.generate(req.prompt, adapter=req.adapter, max_tokens=req.max_tokens,
-                                       timeout=timeout):
+                                       min_tokens=req.min_tokens, timeout=timeout):
             now = time.perf_counter()
             if c.token_ids:
                 if res.ttft_s is None:

@@ -134,7 +134,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         try:
             spec = SamplingSpec(max_tokens=p.max_tokens, temperature=p.temperature,
                                 top_p=p.top_p if p.HasField("top_p") else 1.0, seed=p.seed if p.HasField("seed") else None,
-                                stop=list(p.stop))
+                                stop=list(p.stop), min_tokens=p.min_tokens, ignore_eos=p.ignore_eos)
         except ValueError as e:
             self._error(stream, rid, grpc.StatusCode.INVALID_ARGUMENT, str(e))
             return

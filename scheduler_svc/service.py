@@ -106,6 +106,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             bad = f"params.max_tokens must be > 0, got {p.max_tokens}"
         elif p.HasField("top_p") and not 0 < p.top_p <= 1:
             bad = f"params.top_p must be in (0, 1], got {p.top_p}"
+        elif not 0 <= p.min_tokens <= p.max_tokens:
+            bad = f"params.min_tokens must be in [0, max_tokens={p.max_tokens}], got {p.min_tokens}"
         elif p.temperature < 0:
             bad = f"params.temperature must be >= 0, got {p.temperature}"
         elif len(request.request_id) > 128:
@@ -135,6 +137,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         params = common_pb2.SamplingParams()
         params.CopyFrom(p)
         params.max_tokens = min(p.max_tokens, ctx - len(ids))
+        params.min_tokens = min(p.min_tokens, params.max_tokens)
         if params.temperature > 0 and not params.HasField("seed"):
             # pin the sample: a re-run after a squash or a lost worker then regenerates the very
             # tokens the client already has, so skipping that prefix leaves one clean stream

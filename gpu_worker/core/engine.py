@@ -22,6 +22,7 @@ from .memory.admission import ADMISSION_NAMES, build_admission
 from .memory.policy import CacheConfig
 from .memory.prefetch import ArrivalHistogramPrefetcher, PrefetcherConfig
 from .model import ForwardBatch, LlamaModel
+from .profiling import LORA, SAMPLING, scope
 from .sampling import sample
 from .sequence import Finish, Sequence
 from .unified_pool import StagedAdapter, UnifiedPool
@@ -101,6 +102,7 @@ class Engine:
                              f"{self.cfg.max_context}")
         # never run past the context: the rest of max_tokens cannot be generated
         seq.spec.max_tokens = min(seq.spec.max_tokens, self.cfg.max_context - len(seq.prompt_ids))
+        seq.spec.min_tokens = min(seq.spec.min_tokens, seq.spec.max_tokens)
         if seq.spec.seed is not None:
             seq.generator = torch.Generator(device=self.model.device).manual_seed(seq.spec.seed)
         seq.stop_checker = StopChecker(self.tokenizer, seq.spec.stop)
@@ -195,7 +197,8 @@ class Engine:
             positions=torch.tensor(pos, dtype=torch.long, device=dev),
             query_lens=qlens, context_lens=clens, block_tables=tables,
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev))
-        lora = self.lora.step(adapters, qlens)
+        with scope(LORA):
+            lora = self.lora.step(adapters, qlens)
         t0 = self.clock()
         logits = self.model.forward(batch, self.kv, lora)
         elapsed_ms = (self.clock() - t0) * 1000.0
@@ -205,10 +208,23 @@ class Engine:
             s.num_computed += q
         return logits
 
+    def _mask_eos(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """Requests short of their min_tokens cannot sample an end-of-sequence token."""
+        rows = [i for i, s in enumerate(seqs)
+                if not s.spec.ignore_eos and len(s.output_ids) < s.spec.min_tokens]
+        if not rows or not self.eos_ids:
+            return logits
+        dev = logits.device
+        eos = torch.tensor(sorted(self.eos_ids), device=dev)
+        return logits.index_put((torch.tensor(rows, device=dev)[:, None], eos[None, :]),
+                                torch.tensor(float("-inf"), device=dev))
+
     def _postprocess(self, plan: StepPlan, logits: torch.Tensor) -> list[EngineEvent]:
         seqs = plan.seqs
-        tokens = sample(logits, [s.spec.temperature for s in seqs],
-                        [s.spec.top_p for s in seqs], [s.generator for s in seqs]).tolist()
+        with scope(SAMPLING):
+            logits = self._mask_eos(seqs, logits)
+            tokens = sample(logits, [s.spec.temperature for s in seqs],
+                            [s.spec.top_p for s in seqs], [s.generator for s in seqs]).tolist()
         now = self.clock()
         events: list[EngineEvent] = []
         for s, tok in zip(seqs, tokens):
@@ -216,13 +232,14 @@ class Engine:
             if first:
                 s.first_token_at = now
             new_ids: list[int] = []
-            if tok in self.eos_ids:
+            if tok in self.eos_ids and not s.spec.ignore_eos:
                 s.finish = Finish.EOS
                 text = s.stop_checker.flush()
             else:
                 s.output_ids.append(tok)
                 new_ids = [tok]
-                text, hit = s.stop_checker.update(s.output_ids)
+                text, hit = s.stop_checker.update(s.output_ids,
+                                                  check=len(s.output_ids) >= s.spec.min_tokens)
                 if hit:
                     s.finish = Finish.STOP_STRING
                 elif len(s.output_ids) >= s.spec.max_tokens:

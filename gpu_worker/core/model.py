@@ -21,6 +21,7 @@ from safetensors import safe_open
 from .attention import AttentionMeta, paged_attention
 from .kv_cache import PagedKVCache
 from .model_config import LlamaConfig
+from .profiling import ATTENTION, BASE_LINEAR, LORA, scope
 
 
 QKV = ("q_proj", "k_proj", "v_proj")
@@ -118,9 +119,11 @@ class LlamaModel:
     def _linear(self, x: torch.Tensor, layer: int, name: str, lora: LoraDelta | None,
                 modules: Sequence[str] | None = None) -> torch.Tensor:
         """x @ W^T plus LoRA; `modules` name the LoRA modules a fused weight stacks."""
-        y = x @ self.layers[layer][name].t()
+        with scope(BASE_LINEAR):
+            y = x @ self.layers[layer][name].t()
         if lora is not None:
-            lora.add(layer, modules or (name,), x, y)
+            with scope(LORA):
+                lora.add(layer, modules or (name,), x, y)
         return y
 
     @torch.inference_mode()
@@ -132,20 +135,24 @@ class LlamaModel:
         freqs = batch.positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(self.dtype)[:, None, :], emb.sin().to(self.dtype)[:, None, :]
-        meta = AttentionMeta.build(batch.query_lens, batch.context_lens, batch.block_tables,
-                                   kv.block_size, nh // kvh, self.device)
+        with scope(ATTENTION):
+            meta = AttentionMeta.build(batch.query_lens, batch.context_lens, batch.block_tables,
+                                       kv.block_size, nh // kvh, self.device)
         for i, lw in enumerate(self.layers):
             h = rms_norm(x, lw["in_norm"], c.rms_norm_eps)
             qkv = self._linear(h, i, "qkv_proj", lora, QKV)
-            q, k, v = qkv.split((nh * hd, kvh * hd, kvh * hd), dim=-1)
-            q, k, v = q.reshape(-1, nh, hd), k.reshape(-1, kvh, hd), v.reshape(-1, kvh, hd)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            kv.write(i, batch.slot_mapping, k, v)
-            x = x + self._linear(paged_attention(q, kv, i, meta), i, "o_proj", lora)
+            with scope(ATTENTION):  # rotary embeddings, the cache write and attention
+                q, k, v = qkv.split((nh * hd, kvh * hd, kvh * hd), dim=-1)
+                q, k, v = q.reshape(-1, nh, hd), k.reshape(-1, kvh, hd), v.reshape(-1, kvh, hd)
+                q = q * cos + rotate_half(q) * sin
+                k = k * cos + rotate_half(k) * sin
+                kv.write(i, batch.slot_mapping, k, v)
+                attn = paged_attention(q, kv, i, meta)
+            x = x + self._linear(attn, i, "o_proj", lora)
             h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
             g, u = self._linear(h, i, "gate_up_proj", lora, GATE_UP).chunk(2, dim=-1)
             x = x + self._linear(F.silu(g) * u, i, "down_proj", lora)
         last = torch.tensor(list(itertools.accumulate(batch.query_lens)), device=self.device) - 1
         h = rms_norm(x[last], self.norm, c.rms_norm_eps)
-        return (h @ self.lm_head.t()).float()
+        with scope(BASE_LINEAR):
+            return (h @ self.lm_head.t()).float()

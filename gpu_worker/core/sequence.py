@@ -19,10 +19,17 @@ class SamplingSpec:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    # EOS and stop strings cannot end the generation before min_tokens (EOS is masked)
+    min_tokens: int = 0
+    # EOS tokens are ordinary output tokens: only max_tokens or a stop string ends it
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
             raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], "
+                             f"got {self.min_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -129,3 +129,14 @@ async def test_list_adapters_and_timings(cluster, tiny_assets):
     assert first.timings["ttft_ms"] > 0
     assert last.finish_reason and last.timings["total_ms"] >= last.timings["ttft_ms"]
     assert last.timings["ttft_ms"] >= last.timings["queue_ms"]
+
+
+async def test_min_tokens_and_ignore_eos_force_the_length(cluster):
+    async with ChameleonClient(cluster.address) as c:
+        await expect_status(c.complete("hi", max_tokens=4, min_tokens=5),
+                            grpc.StatusCode.INVALID_ARGUMENT, "min_tokens")
+        await expect_status(c.complete("hi", max_tokens=4, min_tokens=-1),
+                            grpc.StatusCode.INVALID_ARGUMENT, "min_tokens")
+        for kw in ({"min_tokens": 40}, {"ignore_eos": True}):
+            text, ids, finish = await c.complete("Water boils at", max_tokens=40, **kw)
+            assert (len(ids), finish) == (40, "length"), kw

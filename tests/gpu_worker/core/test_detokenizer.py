@@ -38,3 +38,15 @@ def test_incomplete_utf8_is_held_back():
     c = StopChecker(CharDecoder(), [])
     assert c.update([ord("a"), 0xFFFD]) == ("a", False)
     assert c.update([ord("a"), ord("é")]) == ("é", False)
+
+
+def test_stop_strings_before_min_tokens_are_released_and_never_match_later():
+    c = StopChecker(CharDecoder(), ["STOP"])
+    ids, out = [], []
+    for i, ch in enumerate("aSTOPb STOP c"):
+        ids.append(ord(ch))
+        delta, hit = c.update(ids, check=i >= 5)   # stop strings count from the 6th character
+        out.append(delta)
+        if hit:
+            break
+    assert hit and "".join(out) == "aSTOPb "
