@@ -20,8 +20,13 @@ class SchedulerConfig:
     port: int = 0
     port_file: str | None = None
     grace_s: float = 30.0
+    prefetch_hints: int = 8                # adapters per prefetch hint to a worker (0: none)
+    hint_interval_s: float = 0.1           # at most one hint per worker per interval
 
     def __post_init__(self) -> None:
+        from scheduler_svc.core.hints import HintConfig
+
+        HintConfig(self.prefetch_hints, self.hint_interval_s)   # validates
         if not self.workers:
             raise ValueError("give at least one --worker host:port")
         for a in [self.store, *self.workers]:
@@ -40,10 +45,12 @@ async def serve(cfg: SchedulerConfig) -> None:
     from scheduler_svc.service import SchedulerService
 
     from chameleon.tracing import setup_tracing, shutdown_tracing
+    from scheduler_svc.core.hints import HintConfig
 
     tracer = setup_tracing("chameleon-scheduler")
     service = SchedulerService(make_policy(cfg.policy, time.monotonic), cfg.store, cfg.workers,
-                               tracer=tracer)
+                               tracer=tracer,
+                               hints=HintConfig(cfg.prefetch_hints, cfg.hint_interval_s))
     server = Server(cfg.host, cfg.port, ["chameleon.v1.Scheduler"])
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server.server)
     await service.start()
@@ -66,6 +73,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--port-file")
     ap.add_argument("--grace-s", type=float, default=30.0)
+    ap.add_argument("--prefetch-hints", type=int, default=8, metavar="N",
+                    help="tell each worker the adapters of the next N distinct adapters its queued "
+                         "requests need, so it can prefetch them into free or idle memory "
+                         "(PrefetchHint on the worker stream; sent on change only; 0: off)")
+    ap.add_argument("--hint-interval-s", type=float, default=0.1,
+                    help="at most one prefetch hint per worker per this many seconds")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(a.log_level)
     try:
         cfg = SchedulerConfig(store=a.store, workers=a.workers, policy=a.policy, host=a.host,
-                              port=a.port, port_file=a.port_file, grace_s=a.grace_s)
+                              port=a.port, port_file=a.port_file, grace_s=a.grace_s,
+                              prefetch_hints=a.prefetch_hints, hint_interval_s=a.hint_interval_s)
     except ValueError as e:
         ap.error(str(e))
     asyncio.run(serve(cfg))

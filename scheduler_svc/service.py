@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from chameleon.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, store_pb2, store_pb2_grpc, worker_pb2
+from scheduler_svc.core.hints import HintConfig, HintThrottle
 from scheduler_svc.core.lifecycle import Lifecycle, RequestBook
 from scheduler_svc.core.types import AdmissionPolicy, PendingRequest
 from scheduler_svc.worker_link import WorkerLink
@@ -35,7 +36,8 @@ class _Live:
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, policy: AdmissionPolicy, store_address: str, worker_addresses: list[str],
-                 clock=time.monotonic, worker_wait_s: float = 30.0, tracer=None):
+                 clock=time.monotonic, worker_wait_s: float = 30.0, tracer=None,
+                 hints: HintConfig | None = None):
         from chameleon.server import CHANNEL_OPTIONS
 
         self.tracer = tracer
@@ -52,6 +54,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self._links_by_id: dict[str, WorkerLink] = {}
         self._kick = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
+        self.hints = HintThrottle(hints or HintConfig(), clock)
+        self._hint_timer: asyncio.TimerHandle | None = None
+        self._epochs: dict[str, int] = {}   # worker id -> the stream its last hint went down
 
     @property
     def completed(self) -> int:
@@ -65,6 +70,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def stop(self) -> None:
         if self._loop_task:
             self._loop_task.cancel()
+        if self._hint_timer is not None:
+            self._hint_timer.cancel()
         for link in self.links:
             await link.stop()
         await self._store_channel.close()
@@ -225,6 +232,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 bytes_loaded=st.bytes_loaded))
         metrics = {k: float(v) for k, v in self.policy.metrics().items()
                    if isinstance(v, (int, float))}
+        metrics["prefetch_hints_sent"] = float(self.hints.messages)
         return scheduler_pb2.GetStatusResponse(
             policy=self.policy.name, queued=self.policy.queued(),
             running=self.book.running(), workers=workers, metrics=metrics,
@@ -236,15 +244,40 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             await self._kick.wait()
             self._kick.clear()
             links = {l.view.worker_id: l for l in self.links if l.view.connected}
-            if not links or not self.policy.queued():
+            if not links:
                 continue
-            rnd = self.book.schedule(self.book.views_for([l.refresh_view() for l in links.values()]))
-            for adm in rnd.admit:
-                self._dispatch(adm.request.request_id, links[adm.worker_id])
-            for rid, wid in rnd.cancel:
-                self._send_cancel(rid, wid)
-            if rnd.cancel:
+            if self.policy.queued():
+                rnd = self.book.schedule(self.book.views_for([l.refresh_view() for l in links.values()]))
+                for adm in rnd.admit:
+                    self._dispatch(adm.request.request_id, links[adm.worker_id])
+                for rid, wid in rnd.cancel:
+                    self._send_cancel(rid, wid)
+                if rnd.cancel:
+                    self._kick.set()
+            self._send_hints(links)
+
+    def _send_hints(self, links: dict[str, WorkerLink]) -> None:
+        """Tell each worker which adapters its queued requests need next (after the round's
+        admissions, so an admitted request's adapter is the worker's before the hint drops
+        it); only changes go out, at most one per worker per interval (core/hints.py)."""
+        if not self.hints.enabled:
+            return
+        retry: float | None = None
+        for wid, link in links.items():
+            if self._epochs.get(wid) != link.epoch:   # a new stream: the worker has no hint
+                self.hints.forget(wid)
+                self._epochs[wid] = link.epoch
+            send, wait = self.hints.offer(wid, self.policy.prefetch_hints(wid, self.hints.config.limit))
+            if send is not None and not link.send(worker_pb2.WorkerCommand(
+                    prefetch=worker_pb2.PrefetchHint(adapter_ids=send))):
+                self.hints.forget(wid)                # not sent: offer it again next round
+            if wait is not None:
+                retry = wait if retry is None else min(retry, wait)
+        if retry is not None and self._hint_timer is None:
+            def again() -> None:
+                self._hint_timer = None
                 self._kick.set()
+            self._hint_timer = asyncio.get_running_loop().call_later(retry, again)
 
     def _dispatch(self, rid: str, link: WorkerLink) -> None:
         live = self._live.get(rid)

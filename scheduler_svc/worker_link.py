@@ -34,6 +34,7 @@ class WorkerLink:
         self._out: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self.connected = asyncio.Event()
+        self.epoch = 0   # counts the streams established (a new one starts with no hint)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -106,6 +107,7 @@ class WorkerLink:
 
     def _hello(self, info: worker_pb2.WorkerInfo) -> None:
         self.info = info
+        self.epoch += 1
         self.tokenizer = Tokenizer.from_str(info.tokenizer_json.decode())
         self.view.worker_id = info.worker_id or self.address
         self.view.connected = True
