@@ -7,6 +7,7 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proto proto
+COPY chameleon_common chameleon_common
 COPY scheduler_svc scheduler_svc
 COPY gpu_worker gpu_worker
 COPY adapter_store adapter_store

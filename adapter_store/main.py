@@ -31,8 +31,8 @@ class StoreConfig:
 
 
 def make_validator(base_model: Path):
-    from gpu_worker.core.model_config import LlamaConfig
-    from gpu_worker.core.peft_format import validate_peft_adapter
+    from chameleon_common.model_config import LlamaConfig
+    from chameleon_common.peft_format import validate_peft_adapter
 
     base = LlamaConfig.from_hf_dir(base_model)
     return lambda config, shapes: validate_peft_adapter(config, shapes, base)
@@ -41,7 +41,7 @@ def make_validator(base_model: Path):
 async def serve(cfg: StoreConfig) -> None:
     from adapter_store.core.catalog import AdapterCatalog, LocalFolderBackend
     from adapter_store.service import AdapterStoreService
-    from chameleon.server import Server
+    from chameleon_common.server import Server
     from chameleon.v1 import store_pb2_grpc
 
     catalog = AdapterCatalog(LocalFolderBackend(cfg.adapters), make_validator(cfg.base_model),
@@ -62,7 +62,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from chameleon.server import setup_logging
+    from chameleon_common.server import setup_logging
 
     ap = argparse.ArgumentParser(prog="chameleon serve store", description=__doc__)
     add_arguments(ap)

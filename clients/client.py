@@ -11,7 +11,7 @@ from typing import AsyncIterator
 
 import grpc
 
-from chameleon.server import CHANNEL_OPTIONS
+from chameleon_common.server import CHANNEL_OPTIONS
 from chameleon.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 FINISH_NAMES = {common_pb2.FINISH_REASON_EOS: "eos", common_pb2.FINISH_REASON_LENGTH: "length",

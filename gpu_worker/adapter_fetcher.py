@@ -13,7 +13,8 @@ from pathlib import Path
 
 import grpc
 
-from chameleon.server import CHANNEL_OPTIONS
+from chameleon_common.adapters import adapter_digest
+from chameleon_common.server import CHANNEL_OPTIONS
 from chameleon.v1 import store_pb2, store_pb2_grpc
 
 
@@ -32,7 +33,10 @@ class AdapterFetcher:
         self.staging.mkdir(parents=True, exist_ok=True)
 
     async def fetch(self, adapter_id: str) -> tuple[Path, int, str]:
-        """Returns (folder with the adapter's files, bytes received, digest of its files)."""
+        """Returns (folder with the adapter's files, bytes received, digest of its files).
+
+        The digest is chameleon_common.adapters.adapter_digest, the one the store
+        publishes as AdapterInfo.sha256 for the same files."""
         dest = self.staging / adapter_id
         tmp = self.staging / f".{adapter_id}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -63,10 +67,12 @@ class AdapterFetcher:
         if handles:
             raise AdapterFetchError(grpc.StatusCode.DATA_LOSS,
                                     f"adapter {adapter_id!r}: transfer ended mid-file")
+        if not hashes:
+            raise AdapterFetchError(grpc.StatusCode.DATA_LOSS,
+                                    f"adapter {adapter_id!r}: the store sent no files")
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
-        digest = hashlib.sha256("".join(f"{n}:{h.hexdigest()};" for n, h in sorted(hashes.items()))
-                                .encode()).hexdigest()
+        digest = adapter_digest({n: h.hexdigest() for n, h in hashes.items()})
         return dest, total, digest
 
     async def close(self) -> None:

@@ -124,7 +124,7 @@ async def serve(cfg: WorkerConfig) -> None:
     import torch
     from tokenizers import Tokenizer
 
-    from chameleon.server import Server
+    from chameleon_common.server import Server
     from chameleon.v1 import worker_pb2
     from gpu_worker.adapter_fetcher import AdapterFetcher
     from gpu_worker.core import unified_pool
@@ -189,7 +189,7 @@ async def serve(cfg: WorkerConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from chameleon.server import setup_logging
+    from chameleon_common.server import setup_logging
 
     ap = argparse.ArgumentParser(prog="chameleon serve worker", description=__doc__)
     add_arguments(ap)

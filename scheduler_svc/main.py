@@ -40,11 +40,11 @@ class SchedulerConfig:
 async def serve(cfg: SchedulerConfig) -> None:
     import time
 
-    from chameleon.server import Server
+    from chameleon_common.server import Server
     from chameleon.v1 import scheduler_pb2_grpc
     from scheduler_svc.service import SchedulerService
 
-    from chameleon.tracing import setup_tracing, shutdown_tracing
+    from chameleon_common.tracing import setup_tracing, shutdown_tracing
     from scheduler_svc.core.hints import HintConfig
 
     tracer = setup_tracing("chameleon-scheduler")
@@ -82,7 +82,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from chameleon.server import setup_logging
+    from chameleon_common.server import setup_logging
 
     ap = argparse.ArgumentParser(prog="chameleon serve scheduler", description=__doc__)
     add_arguments(ap)

@@ -38,7 +38,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, policy: AdmissionPolicy, store_address: str, worker_addresses: list[str],
                  clock=time.monotonic, worker_wait_s: float = 30.0, tracer=None,
                  hints: HintConfig | None = None):
-        from chameleon.server import CHANNEL_OPTIONS
+        from chameleon_common.server import CHANNEL_OPTIONS
 
         self.tracer = tracer
 
@@ -204,7 +204,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def _trace(self, live: _Live, done: worker_pb2.Completion, now: float) -> None:
         if self.tracer is None:
             return
-        from chameleon.tracing import record_request
+        from chameleon_common.tracing import record_request
 
         p = live.pending
         record_request(self.tracer, request_id=p.request_id, adapter_id=p.adapter_id,

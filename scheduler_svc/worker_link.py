@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 import grpc
 from tokenizers import Tokenizer
 
-from chameleon.server import CHANNEL_OPTIONS
+from chameleon_common.server import CHANNEL_OPTIONS
 from chameleon.v1 import worker_pb2, worker_pb2_grpc
 from scheduler_svc.core.types import WorkerView
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+from chameleon_common.adapters import adapter_digest
+
 from .safetensors_header import SafetensorsFormatError, read_tensor_shapes
 
 CONFIG_FILE = "adapter_config.json"
@@ -160,7 +162,7 @@ class AdapterCatalog:
                 return rec
             files.append(FileRecord(name, ver[0], self._sha256(adapter_id, name, ver[0])))
         rec.files = files
-        rec.sha256 = hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()
+        rec.sha256 = adapter_digest({f.name: f.sha256 for f in files})
         try:
             config = json.loads(self.backend.read(adapter_id, CONFIG_FILE, 0, versions[0][0]))
             if not isinstance(config, dict):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gpu_worker.core.model_config import LlamaConfig
+from chameleon_common.model_config import LlamaConfig
 from gpu_worker.core.unified_pool import StagedAdapter, UnifiedPool, adapter_shape
 from gpu_worker.lora.backend import LoraRunner
 from gpu_worker.lora.reference import lora_expand_ref, lora_shrink_ref

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .model_config import LlamaConfig
+from chameleon_common.model_config import LlamaConfig
 
 
 class PagedKVCache:

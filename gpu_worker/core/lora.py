@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .model_config import LlamaConfig
-from .peft_format import AdapterFormatError, AdapterShapeError, plan_adapter  # noqa: F401 (re-export)
+from chameleon_common.model_config import LlamaConfig
+from chameleon_common.peft_format import AdapterFormatError, AdapterShapeError, plan_adapter  # noqa: F401 (re-export)
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

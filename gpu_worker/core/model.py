@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from .attention import AttentionMeta, paged_attention
 from .kv_cache import PagedKVCache
-from .model_config import LlamaConfig
+from chameleon_common.model_config import LlamaConfig
 from .profiling import ATTENTION, BASE_LINEAR, LORA, scope
 
 

@@ -22,7 +22,7 @@ from gpu_worker.lora.rows import PooledLora
 
 from .memory.geometry import page_bytes_for, page_elements, row_geometry
 from .memory.layout import AdapterLayout, AdapterShape, LoraModuleShape, layout_adapter
-from .model_config import LlamaConfig
+from chameleon_common.model_config import LlamaConfig
 
 
 def page_bytes(cfg: LlamaConfig, block_size: int, dtype: torch.dtype) -> int:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from gpu_worker.core.model_config import LlamaConfig
+from chameleon_common.model_config import LlamaConfig
 
 from ._triton import interpreting
 from .metadata import LoraKernelMeta

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ..model_config import LlamaConfig
+from chameleon_common.model_config import LlamaConfig
 from .layout import PageGeometry
 
 

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ..model_config import ATTENTION_MODULES, LlamaConfig
+from chameleon_common.model_config import ATTENTION_MODULES, LlamaConfig
 from .geometry import page_bytes_for, row_geometry
 from .layout import AdapterLayout, AdapterShape, PageGeometry, layout_adapter
 

@@ -8,7 +8,7 @@ import torch
 
 from gpu_worker.core.attention import AttentionMeta, paged_attention, paged_attention_reference
 from gpu_worker.core.kv_cache import PagedKVCache
-from gpu_worker.core.model_config import LlamaConfig
+from chameleon_common.model_config import LlamaConfig
 
 
 def _cfg(heads: int, kv_heads: int, head_dim: int) -> LlamaConfig:

@@ -1,6 +1,6 @@
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from chameleon.tracing import record_request, setup_tracing, shutdown_tracing
+from chameleon_common.tracing import record_request, setup_tracing, shutdown_tracing
 
 
 def test_span_tree_breaks_ttft_down():
