@@ -212,7 +212,9 @@ class WorkerMemory:
                     ev: MemoryEvents) -> None:
         installed = self.storage.install(staged, layout, pages)
         self._copying[staged.adapter_id] = (installed, staged)
-        self._finish_copies(ev)
+        # only this copy: another copy that landed meanwhile belongs to the next poll(), whose
+        # events reach the planner (`ev` may be a prefetch's, which nobody reads)
+        self._finish_copies(ev, only=staged.adapter_id)
 
     def poll(self) -> MemoryEvents:
         """Adapters whose copy into the pool has landed become usable (call every step)."""
@@ -224,9 +226,9 @@ class WorkerMemory:
     def copying(self) -> bool:
         return bool(self._copying)
 
-    def _finish_copies(self, ev: MemoryEvents) -> None:
+    def _finish_copies(self, ev: MemoryEvents, only: str | None = None) -> None:
         for aid, (installed, _staged) in list(self._copying.items()):
-            if not installed.is_ready():
+            if (only is not None and aid != only) or not installed.is_ready():
                 continue
             del self._copying[aid]
             self._resident[aid] = installed

@@ -82,13 +82,19 @@ class SLoraPeakAdmission:
 
     def demand_pages(self, seqs: Iterable[Sequence]) -> int:
         pad = self.block_size - 1
-        # (tokens held now, tokens it may still add); held + remaining = prompt + max_tokens
-        entries = sorted(((s.num_tokens + pad, max(0, s.max_len - s.num_tokens)) for s in seqs),
-                         key=lambda e: -e[1])
+        # (tokens it may still add, tokens held now); held + remaining = prompt + max_tokens.
+        # Written out with plain lengths: the simulator calls this several times per step.
+        entries = []
+        for s in seqs:
+            n = len(s.prompt_ids) + len(s.output_ids)
+            r = len(s.prompt_ids) + s.spec.max_tokens - n
+            entries.append((r if r > 0 else 0, n + pad))
+        entries.sort(reverse=True)   # longest remaining first (ties do not change the peak)
         peak = held = 0
-        for k, (h, r) in enumerate(entries, 1):
+        for k, (r, h) in enumerate(entries, 1):
             held += h
-            peak = max(peak, held + k * r)
+            if held + k * r > peak:
+                peak = held + k * r
         return peak // self.block_size
 
 

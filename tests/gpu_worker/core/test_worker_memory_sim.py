@@ -68,6 +68,24 @@ def test_an_install_is_ready_when_its_copy_on_the_shared_link_lands():
     assert mem.poll().ready == [sb] and pool.next_ready_at() is None
 
 
+def test_a_landed_copy_is_not_lost_when_a_prefetch_starts_another_copy_before_the_poll():
+    """Regression (found by the simulator): starting a hinted adapter's copy used to finish
+    every landed copy into the prefetch's throwaway events, so the requests parked on a
+    landed adapter held it but never reached the planner."""
+    clock = Clock()
+    link = SharedLink(clock, copy_s=lambda nbytes: nbytes / 1e9)
+    pool = SimPool.for_model(LLAMA_7B, num_pages=200, block_size=BLOCK, link=link)
+    mem = WorkerMemory(pool, CacheConfig("chameleon"), clock, admission=ReserveAdmission(BLOCK))
+    a, h = SimAdapter.for_model("a", 8, LLAMA_7B), SimAdapter.for_model("h", 8, LLAMA_7B)
+    sa = Sequence("1", [1] * 10, SamplingSpec(max_tokens=10), adapter_id="a")
+    mem.admit(sa)
+    assert mem.staged(a).ready == []
+    clock.t = a.nbytes / 1e9                            # a's copy has landed, not yet polled
+    assert mem.hint(["h"]) == ["h"]
+    assert mem.staged(h).ready == []                    # h's copy starts now
+    assert mem.poll().ready == [sa]
+
+
 def test_slora_peak_counts_requests_finishing_at_different_times():
     # two requests: one may still add 100 tokens, one 10; holding 10 each (block 1: pages = tokens)
     seqs = [Sequence(str(i), [1] * 10, SamplingSpec(max_tokens=m)) for i, m in enumerate((100, 10))]
