@@ -25,7 +25,7 @@ from gpu_worker.core.batch_planner import BatchPlanner, StepPlan
 from gpu_worker.core.memory.admission import build_admission
 from gpu_worker.core.memory.policy import CacheConfig
 from gpu_worker.core.memory.sim_pool import SharedLink, SimAdapter, SimPool
-from gpu_worker.core.model_config import LlamaConfig
+from chameleon_common.model_config import LlamaConfig
 from gpu_worker.core.sequence import SamplingSpec, Sequence
 from gpu_worker.core.worker_memory import MemoryEvents, WorkerMemory
 
