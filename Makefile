@@ -5,7 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ASSETS ?= .assets
 
-.PHONY: demo test protos clean-assets
+BUF_VERSION ?= 1.75.0
+BUF    := $(VENV)/tools/node_modules/.bin/buf
+
+.PHONY: demo test protos clean-assets tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +21,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/chameleon demo --assets $(ASSETS)
 
-test: $(STAMP)
+# the buf CLI (npm @bufbuild/buf) for tests/test_api_contracts.py's buf lint / buf breaking
+tools: $(STAMP)
+	@if [ -x $(BUF) ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  npm install --prefix $(VENV)/tools --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION); \
+	else echo "npm is not available: buf lint and buf breaking will be skipped"; fi
+
+test: $(STAMP) tools
 	$(PY) -m pytest -q -p no:cacheprovider
 
 protos: $(STAMP)

@@ -1,13 +1,12 @@
 """The base model's shape and RoPE settings, read from a Hugging Face Llama folder.
 
-No torch at import time: the adapter store uses this module to validate adapters
-against the base model without loading any tensors. `rope_inv_freq` imports torch
-lazily because the worker needs the frequencies in exactly HF's float32 arithmetic.
+No torch: the adapter store uses this module to validate adapters against the
+base model without loading any tensors (the worker computes the RoPE frequencies
+from it in gpu_worker/core/model.py).
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,30 +82,6 @@ class LlamaConfig:
             "up_proj": (h, inter),
             "down_proj": (inter, h),
         }
-
-    def rope_inv_freq(self, device=None):
-        """Inverse RoPE frequencies [head_dim // 2] (float32), the way transformers computes them."""
-        import torch
-
-        dim = self.head_dim
-        inv_freq = 1.0 / (self.rope_theta ** (
-            torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim))
-        if self.rope_type == "linear":
-            return inv_freq / self.rope_scaling["factor"]
-        if self.rope_type == "llama3":
-            p = self.rope_scaling
-            old_context = p["original_max_position_embeddings"]
-            low_wavelen = old_context / p["low_freq_factor"]
-            high_wavelen = old_context / p["high_freq_factor"]
-            wavelen = 2 * math.pi / inv_freq
-            # long wavelengths are slowed by `factor`, short ones kept, the band between blended
-            scaled = torch.where(wavelen > low_wavelen, inv_freq / p["factor"], inv_freq)
-            smooth = (old_context / wavelen - p["low_freq_factor"]) / (
-                p["high_freq_factor"] - p["low_freq_factor"])
-            blended = (1 - smooth) * scaled / p["factor"] + smooth * scaled
-            is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
-            return torch.where(is_medium, blended, scaled)
-        return inv_freq
 
     @classmethod
     def from_hf_dir(cls, path: str | Path) -> LlamaConfig:
