@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ class WorkerConfig:
     lru_max_rank: int = 128                 # --cache-policy lru: the rank a slot is sized for
     predictive_prefetch: bool = False       # histogram-based prefetch of adapters expected soon
     lora_backend: str = "auto"              # auto (triton on CUDA, torch elsewhere) | torch | triton
-    staging_dir: Path | None = None
+    adapter_fetch_deadline_s: float = 30.0  # a fetch retrying past this fails its requests (UNAVAILABLE)
     grace_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -52,6 +51,8 @@ class WorkerConfig:
         if self.cache_policy not in POLICY_NAMES:
             raise ValueError(f"unknown --cache-policy {self.cache_policy!r}; choose from "
                              f"{', '.join(POLICY_NAMES)}")
+        if self.adapter_fetch_deadline_s <= 0:
+            raise ValueError("adapter_fetch_deadline_s must be positive")
         if self.lru_slots < 1 or self.lru_max_rank < 1:
             raise ValueError("lru_slots and lru_max_rank must be >= 1")
         from gpu_worker.lora.backend import BACKENDS
@@ -105,7 +106,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lora-backend", default=d["lora_backend"].default,
                     help="auto (triton on CUDA, torch elsewhere) | torch | triton (on CPU only "
                          "with TRITON_INTERPRET=1, the slow interpreter)")
-    ap.add_argument("--staging-dir", type=Path)
+    ap.add_argument("--adapter-fetch-deadline-s", type=float,
+                    default=d["adapter_fetch_deadline_s"].default,
+                    help="how long a fetch from the adapter store may retry (with backoff) before "
+                         "the requests waiting for it fail with UNAVAILABLE")
     ap.add_argument("--grace-s", type=float, default=d["grace_s"].default)
 
 
@@ -117,7 +121,7 @@ def config_from_args(a: argparse.Namespace) -> WorkerConfig:
                         max_context=a.max_context, cache_policy=a.cache_policy,
                         lru_slots=a.lru_slots, lru_max_rank=a.lru_max_rank,
                         predictive_prefetch=a.predictive_prefetch, lora_backend=a.lora_backend,
-                        staging_dir=a.staging_dir, grace_s=a.grace_s)
+                        adapter_fetch_deadline_s=a.adapter_fetch_deadline_s, grace_s=a.grace_s)
 
 
 async def serve(cfg: WorkerConfig) -> None:
@@ -126,7 +130,7 @@ async def serve(cfg: WorkerConfig) -> None:
 
     from chameleon_common.server import Server
     from chameleon.v1 import worker_pb2
-    from gpu_worker.adapter_fetcher import AdapterFetcher
+    from gpu_worker.adapter_fetcher import AdapterFetcher, RetryPolicy
     from gpu_worker.core import unified_pool
     from gpu_worker.core.engine import Engine, EngineConfig
     from gpu_worker.core.memory import PrefetcherConfig
@@ -172,8 +176,7 @@ async def serve(cfg: WorkerConfig) -> None:
         max_running=cfg.max_running, tokenizer_json=(cfg.model / "tokenizer.json").read_bytes(),
         eos_token_ids=list(mc.eos_token_ids), device=device, page_bytes=engine.pool.page_bytes,
         cache_policy=cfg.cache_policy)
-    staging = cfg.staging_dir or Path(tempfile.mkdtemp(prefix="chameleon-staging-"))
-    fetcher = AdapterFetcher(cfg.store, staging)
+    fetcher = AdapterFetcher(cfg.store, retry=RetryPolicy(deadline_s=cfg.adapter_fetch_deadline_s))
     service = WorkerService(engine, fetcher, info)
     server = Server(cfg.host, cfg.port, ["chameleon.v1.Worker"])
     from chameleon.v1 import worker_pb2_grpc

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import grpc
 
 from chameleon.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from gpu_worker.adapter_fetcher import AdapterFetcher, AdapterFetchError
+from gpu_worker.adapter_fetcher import AdapterFetcher, AdapterFetchError, FetchedAdapter
 from gpu_worker.core.engine import Engine, EngineEvent
-from gpu_worker.core.lora import LoraAdapter
+from gpu_worker.core.lora import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter
 from gpu_worker.core.sequence import Finish, SamplingSpec, Sequence
 from gpu_worker.core.unified_pool import StagedAdapter, stage_adapter
 from gpu_worker.engine_thread import EngineCallbacks, EngineThread
@@ -117,7 +117,14 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             running=snap.running, waiting=snap.waiting,
             cached_adapters=list(st.cached_adapters), loading_adapters=list(st.loading_adapters),
             cache_hits=st.hits, cache_misses=st.misses, evictions=st.evictions,
-            bytes_loaded=st.bytes_loaded)
+            bytes_loaded=st.bytes_loaded, **self._fetch_state())
+
+    def _fetch_state(self) -> dict:
+        s = self.fetcher.last_stats
+        if s is None:
+            return {}
+        return {"adapter_fetches": self.fetcher.fetches, "fetch_bytes_per_s": s.bytes_per_s,
+                "fetch_ttfb_ms": s.ttfb_s * 1e3}
 
     # -- admission ------------------------------------------------------------
     def _error(self, stream: _Stream, rid: str, code: grpc.StatusCode, msg: str) -> None:
@@ -156,9 +163,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 self._fetches[aid] = asyncio.create_task(self._fetch(aid))
 
     async def _fetch(self, aid: str) -> None:
+        """One fetch per adapter, shared by every request waiting for it (see _start_fetches)."""
         try:
-            folder, _nbytes, digest = await self.fetcher.fetch(aid)
-            staged = await asyncio.to_thread(self._stage, folder, aid, digest)
+            fetched = await self.fetcher.fetch(aid)
+            staged = await asyncio.to_thread(self._stage, fetched)
         except AdapterFetchError as e:
             self.thread.adapter_failed(aid, e.code, e.message)
         except ValueError as e:  # the adapter does not fit the base model
@@ -171,10 +179,13 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         finally:
             self._fetches.pop(aid, None)
 
-    def _stage(self, folder, aid: str, digest: str) -> StagedAdapter:
+    def _stage(self, fetched: FetchedAdapter) -> StagedAdapter:
+        """Host staging memory -> a staged adapter the engine thread copies into pool pages."""
         cfg = self.engine.model.config
-        adapter = LoraAdapter.from_peft_dir(folder, cfg, "cpu", self.engine.model.dtype, adapter_id=aid)
-        return stage_adapter(adapter, cfg, digest)
+        adapter = LoraAdapter.from_peft_bytes(
+            fetched.files.get(CONFIG_FILE, b""), fetched.files.get(WEIGHTS_FILE, b""), cfg,
+            fetched.adapter_id, "cpu", self.engine.model.dtype)
+        return stage_adapter(adapter, cfg, fetched.digest)
 
     def _adapter_failed(self, seqs: list[Sequence], code: grpc.StatusCode, message: str) -> None:
         for s in seqs:

@@ -52,3 +52,24 @@ class LoraAdapter:
                 weights[(p.layer, p.module)] = LoraWeights(a.contiguous(), b.contiguous(), p.scale)
         return cls(adapter_id or path.name, weights, nbytes)
 
+    @classmethod
+    def from_peft_bytes(cls, config_json: bytes, safetensors_bytes: bytes, cfg: LlamaConfig,
+                        adapter_id: str, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "LoraAdapter":
+        """The same as from_peft_dir, from the files' bytes in host staging memory."""
+        from safetensors.torch import load
+
+        try:
+            config = json.loads(config_json)
+        except ValueError as e:
+            raise AdapterFormatError(f"cannot read {CONFIG_FILE}: {e}") from e
+        tensors = load(bytes(safetensors_bytes))
+        plans = plan_adapter(config, {k: tuple(t.shape) for k, t in tensors.items()}, cfg)
+        weights, nbytes = {}, 0
+        for p in plans:
+            a = tensors[p.a_key].to(device=device, dtype=dtype)
+            b = tensors[p.b_key].to(device=device, dtype=dtype)
+            nbytes += a.numel() * a.element_size() + b.numel() * b.element_size()
+            weights[(p.layer, p.module)] = LoraWeights(a.contiguous(), b.contiguous(), p.scale)
+        return cls(adapter_id, weights, nbytes)
+

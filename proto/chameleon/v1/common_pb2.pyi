@@ -63,7 +63,7 @@ class AdapterFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class AdapterInfo(_message.Message):
-    __slots__ = ("adapter_id", "rank", "lora_alpha", "use_rslora", "target_modules", "size_bytes", "sha256", "valid", "invalid_reason", "files")
+    __slots__ = ("adapter_id", "rank", "lora_alpha", "use_rslora", "target_modules", "size_bytes", "sha256", "valid", "invalid_reason", "files", "name", "version", "versions", "created_unix")
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     LORA_ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,10 @@ class AdapterInfo(_message.Message):
     VALID_FIELD_NUMBER: _ClassVar[int]
     INVALID_REASON_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     adapter_id: str
     rank: int
     lora_alpha: float
@@ -84,7 +88,11 @@ class AdapterInfo(_message.Message):
     valid: bool
     invalid_reason: str
     files: _containers.RepeatedCompositeFieldContainer[AdapterFile]
-    def __init__(self, adapter_id: _Optional[str] = ..., rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., use_rslora: _Optional[bool] = ..., target_modules: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., valid: _Optional[bool] = ..., invalid_reason: _Optional[str] = ..., files: _Optional[_Iterable[_Union[AdapterFile, _Mapping]]] = ...) -> None: ...
+    name: str
+    version: int
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    created_unix: float
+    def __init__(self, adapter_id: _Optional[str] = ..., rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., use_rslora: _Optional[bool] = ..., target_modules: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., valid: _Optional[bool] = ..., invalid_reason: _Optional[str] = ..., files: _Optional[_Iterable[_Union[AdapterFile, _Mapping]]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., created_unix: _Optional[float] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ()

@@ -1,7 +1,9 @@
 from chameleon.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -12,25 +14,59 @@ class StatAdapterRequest(_message.Message):
     def __init__(self, adapter_id: _Optional[str] = ...) -> None: ...
 
 class FetchAdapterRequest(_message.Message):
-    __slots__ = ("adapter_id", "chunk_bytes")
+    __slots__ = ("adapter_id", "chunk_bytes", "resume_file", "resume_offset", "expect_sha256")
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FILE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_SHA256_FIELD_NUMBER: _ClassVar[int]
     adapter_id: str
     chunk_bytes: int
-    def __init__(self, adapter_id: _Optional[str] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    resume_file: str
+    resume_offset: int
+    expect_sha256: str
+    def __init__(self, adapter_id: _Optional[str] = ..., chunk_bytes: _Optional[int] = ..., resume_file: _Optional[str] = ..., resume_offset: _Optional[int] = ..., expect_sha256: _Optional[str] = ...) -> None: ...
 
 class AdapterChunk(_message.Message):
-    __slots__ = ("file_name", "offset", "data", "last", "sha256", "file_size")
+    __slots__ = ("file_name", "offset", "data", "last", "sha256", "file_size", "adapter_sha256")
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_SHA256_FIELD_NUMBER: _ClassVar[int]
     file_name: str
     offset: int
     data: bytes
     last: bool
     sha256: str
     file_size: int
-    def __init__(self, file_name: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., sha256: _Optional[str] = ..., file_size: _Optional[int] = ...) -> None: ...
+    adapter_sha256: str
+    def __init__(self, file_name: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., sha256: _Optional[str] = ..., file_size: _Optional[int] = ..., adapter_sha256: _Optional[str] = ...) -> None: ...
+
+class PushHeader(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PushAdapterRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PushHeader
+    chunk: AdapterChunk
+    def __init__(self, header: _Optional[_Union[PushHeader, _Mapping]] = ..., chunk: _Optional[_Union[AdapterChunk, _Mapping]] = ...) -> None: ...
+
+class DeleteAdapterRequest(_message.Message):
+    __slots__ = ("adapter_id",)
+    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    adapter_id: str
+    def __init__(self, adapter_id: _Optional[str] = ...) -> None: ...
+
+class DeleteAdapterResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, deleted: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class AdapterStoreStub:
-    """Serves PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors).
+    """Serves PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors)
+    from a registry of `name` / `name@version` references.
     """
 
     def __init__(self, channel):
@@ -51,10 +52,21 @@ class AdapterStoreStub:
                 request_serializer=chameleon_dot_v1_dot_store__pb2.FetchAdapterRequest.SerializeToString,
                 response_deserializer=chameleon_dot_v1_dot_store__pb2.AdapterChunk.FromString,
                 _registered_method=True)
+        self.PushAdapter = channel.stream_unary(
+                '/chameleon.v1.AdapterStore/PushAdapter',
+                request_serializer=chameleon_dot_v1_dot_store__pb2.PushAdapterRequest.SerializeToString,
+                response_deserializer=chameleon_dot_v1_dot_common__pb2.AdapterInfo.FromString,
+                _registered_method=True)
+        self.DeleteAdapter = channel.unary_unary(
+                '/chameleon.v1.AdapterStore/DeleteAdapter',
+                request_serializer=chameleon_dot_v1_dot_store__pb2.DeleteAdapterRequest.SerializeToString,
+                response_deserializer=chameleon_dot_v1_dot_store__pb2.DeleteAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class AdapterStoreServicer:
-    """Serves PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors).
+    """Serves PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors)
+    from a registry of `name` / `name@version` references.
     """
 
     def ListAdapters(self, request, context):
@@ -64,14 +76,30 @@ class AdapterStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StatAdapter(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Resolves a reference: `name` answers with its latest version's record.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FetchAdapter(self, request, context):
         """Streams every file of a valid adapter in chunks; each file's last chunk
-        carries its sha256 so the receiver can verify it.
+        carries its sha256 so the receiver can verify it. A receiver whose stream
+        broke asks again with resume_file/resume_offset and expect_sha256.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushAdapter(self, request_iterator, context):
+        """Validates and stores a new immutable version of an adapter (admin token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAdapter(self, request, context):
+        """Deletes `name@version`, or every version of `name` (admin token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +123,16 @@ def add_AdapterStoreServicer_to_server(servicer, server):
                     request_deserializer=chameleon_dot_v1_dot_store__pb2.FetchAdapterRequest.FromString,
                     response_serializer=chameleon_dot_v1_dot_store__pb2.AdapterChunk.SerializeToString,
             ),
+            'PushAdapter': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushAdapter,
+                    request_deserializer=chameleon_dot_v1_dot_store__pb2.PushAdapterRequest.FromString,
+                    response_serializer=chameleon_dot_v1_dot_common__pb2.AdapterInfo.SerializeToString,
+            ),
+            'DeleteAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAdapter,
+                    request_deserializer=chameleon_dot_v1_dot_store__pb2.DeleteAdapterRequest.FromString,
+                    response_serializer=chameleon_dot_v1_dot_store__pb2.DeleteAdapterResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'chameleon.v1.AdapterStore', rpc_method_handlers)
@@ -104,7 +142,8 @@ def add_AdapterStoreServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdapterStore:
-    """Serves PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors).
+    """Serves PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors)
+    from a registry of `name` / `name@version` references.
     """
 
     @staticmethod
@@ -178,6 +217,60 @@ class AdapterStore:
             '/chameleon.v1.AdapterStore/FetchAdapter',
             chameleon_dot_v1_dot_store__pb2.FetchAdapterRequest.SerializeToString,
             chameleon_dot_v1_dot_store__pb2.AdapterChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushAdapter(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/chameleon.v1.AdapterStore/PushAdapter',
+            chameleon_dot_v1_dot_store__pb2.PushAdapterRequest.SerializeToString,
+            chameleon_dot_v1_dot_common__pb2.AdapterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chameleon.v1.AdapterStore/DeleteAdapter',
+            chameleon_dot_v1_dot_store__pb2.DeleteAdapterRequest.SerializeToString,
+            chameleon_dot_v1_dot_store__pb2.DeleteAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,
