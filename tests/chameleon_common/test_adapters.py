@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from adapter_store.core.catalog import AdapterCatalog, LocalFolderBackend
+from adapter_store.core.backends import LocalFolderBackend
+from adapter_store.core.catalog import AdapterCatalog
 from chameleon_common.adapters import AdapterRef, adapter_digest
 
 H1, H2 = hashlib.sha256(b"config").hexdigest(), hashlib.sha256(b"weights").hexdigest()
@@ -35,13 +36,13 @@ def test_ref_matching_and_validation():
         AdapterRef("")
 
 
-def test_store_and_worker_compute_one_digest(tmp_path: Path):
+async def test_store_and_worker_compute_one_digest(tmp_path: Path):
     """The catalog's AdapterInfo.sha256 equals the digest the fetcher computes from the
     per-file sha256 the store streams."""
     d = tmp_path / "x"
     d.mkdir()
     (d / "adapter_config.json").write_bytes(b'{"r": 4}')
     (d / "adapter_model.safetensors").write_bytes(b"\0" * 16)
-    rec = AdapterCatalog(LocalFolderBackend(tmp_path), lambda c, s: []).stat("x")
+    rec = await AdapterCatalog(LocalFolderBackend(tmp_path), lambda c, s: []).stat("x")
     per_file = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()}
     assert rec.sha256 == adapter_digest(per_file) == AdapterRef.of_files("x", per_file).digest
