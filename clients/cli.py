@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_ADDRESS = os.environ.get("CHAMELEON_ADDRESS", "127.0.0.1:50051")
+DEFAULT_STORE = os.environ.get("CHAMELEON_STORE_ADDRESS", "127.0.0.1:50061")
 
 
 def _generate(a: argparse.Namespace) -> int:
@@ -49,6 +50,44 @@ def _adapters(a: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(a: argparse.Namespace) -> int:
+    """`chameleon adapters push|list|show|delete`, talking to the adapter store itself."""
+    from clients.store_client import StoreClient, StoreError, describe
+
+    admin = a.admin_token_file.read_text().strip() if getattr(a, "admin_token_file", None) else None
+    auth = a.auth_token_file.read_text().strip() if getattr(a, "auth_token_file", None) else None
+
+    async def go() -> int:
+        async with StoreClient(a.store, admin_token=admin, auth_token=auth) as c:
+            try:
+                if a.adapters_cmd == "push":
+                    info = await c.push(a.dir, a.name)
+                    print(f"pushed {info.adapter_id} (digest {info.sha256[:16]}, "
+                          f"{info.size_bytes / 1e6:.1f} MB)")
+                elif a.adapters_cmd == "list":
+                    for ad in await c.list():
+                        print(describe(ad))
+                elif a.adapters_cmd == "show":
+                    info = await c.show(a.ref)
+                    print(describe(info))
+                    print(f"  name {info.name}  version {info.version or '(plain folder)'}  "
+                          f"versions {list(info.versions)}  digest {info.sha256}")
+                    for f in info.files:
+                        print(f"  {f.name:<28} {f.size_bytes:>12} bytes  sha256 {f.sha256}")
+                else:
+                    for ref in await c.delete(a.ref):
+                        print(f"deleted {ref}")
+            except StoreError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            except FileNotFoundError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        return 0
+
+    return asyncio.run(go())
+
+
 def _status(a: argparse.Namespace) -> int:
     from clients.client import ChameleonClient
 
@@ -87,6 +126,29 @@ def _serve(a: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _registry_parsers(p: argparse.ArgumentParser) -> None:
+    asub = p.add_subparsers(dest="adapters_cmd")
+    for cmd, help_ in (("push", "validate and store a new version of an adapter folder"),
+                       ("list", "every adapter in the store (latest versions)"),
+                       ("show", "one adapter: NAME (latest) or NAME@VERSION"),
+                       ("delete", "delete NAME@VERSION, or every version of NAME")):
+        q = asub.add_parser(cmd, help=help_)
+        if cmd == "push":
+            q.add_argument("dir", type=Path, help="folder with adapter_config.json and "
+                                                  "adapter_model.safetensors")
+            q.add_argument("--name", required=True)
+        elif cmd in ("show", "delete"):
+            q.add_argument("ref")
+        q.add_argument("--store", default=DEFAULT_STORE,
+                       help="adapter store address (default $CHAMELEON_STORE_ADDRESS or "
+                            "127.0.0.1:50061)")
+        if cmd in ("push", "delete"):
+            q.add_argument("--admin-token-file", type=Path,
+                           help="the store's admin token (needed when it runs with one)")
+        q.add_argument("--auth-token-file", type=Path, help="the deployment token, if any")
+        q.set_defaults(func=_registry)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="chameleon", description="Many-adapter LLM serving (Chameleon).")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -107,11 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--address", default=DEFAULT_ADDRESS)
     g.set_defaults(func=_generate)
 
-    for name, fn, help_ in (("adapters", _adapters, "list adapters"),
+    for name, fn, help_ in (("adapters", _adapters, "list adapters (through the scheduler), or "
+                                                    "push/list/show/delete them in the store"),
                             ("status", _status, "scheduler, worker and cache state")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--address", default=DEFAULT_ADDRESS)
         p.set_defaults(func=fn)
+        if name == "adapters":
+            _registry_parsers(p)
 
     s = sub.add_parser("serve", help="run one service (pass its options after the name)")
     s.add_argument("service", choices=["store", "scheduler", "worker"])

@@ -40,13 +40,14 @@ class Proc:
 @dataclass
 class ClusterSpec:
     model: Path
-    adapters: Path
+    adapters: Path | None            # a local folder; None when store_args name another backend
     num_workers: int = 1
     policy: str = "fifo"
     worker_args: list[str] = field(default_factory=list)
     scheduler_args: list[str] = field(default_factory=list)
     startup_timeout_s: float = 180.0
     env: dict[str, str] = field(default_factory=dict)   # extra environment for every service
+    store_args: list[str] = field(default_factory=list)  # e.g. SeaweedFS.store_args()
 
 
 class Cluster:
@@ -73,15 +74,36 @@ class Cluster:
     def address(self) -> str:
         return self.scheduler.address
 
-    def _spawn(self, name: str, module: str, args: list[str]) -> Proc:
+    def _spawn(self, name: str, module: str, args: list[str], port: int = 0) -> Proc:
         port_file = self.dir / f"{name}.port"
+        port_file.unlink(missing_ok=True)
         log_path = self.dir / f"{name}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.spec.env)
-        cmd = [sys.executable, "-m", module, "--port", "0", "--port-file", str(port_file), *args]
-        popen = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env)
+        cmd = [sys.executable, "-m", module, "--port", str(port), "--port-file", str(port_file), *args]
+        popen = subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env)
         p = Proc(name, popen, port_file, log_path)
         self.procs.append(p)
         return p
+
+    def _store_args(self) -> list[str]:
+        s = self.spec
+        backend = ["--adapters", str(s.adapters)] if s.adapters is not None else []
+        return [*backend, "--base-model", str(s.model), *s.store_args]
+
+    def kill_store(self) -> None:
+        """SIGKILL the adapter store (an outage, no goodbye)."""
+        self.store.popen.kill()
+        self.store.popen.wait(10)
+
+    def restart_store(self) -> None:
+        """Starts the store again on the address it had; the others are not told."""
+        port = self.store.port
+        if self.store.popen.poll() is None:
+            self.kill_store()
+        self.procs.remove(self.store)
+        self.store = self._spawn("store", "adapter_store.main", self._store_args(), port=port)
+        self.procs.insert(0, self.procs.pop())  # still stopped last
+        self._wait_ready(self.store)
 
     def _wait_ready(self, p: Proc) -> None:
         deadline = time.monotonic() + self.spec.startup_timeout_s
@@ -107,8 +129,7 @@ class Cluster:
 
     def start(self) -> None:
         s = self.spec
-        self.store = self._spawn("store", "adapter_store.main",
-                                 ["--adapters", str(s.adapters), "--base-model", str(s.model)])
+        self.store = self._spawn("store", "adapter_store.main", self._store_args())
         self._wait_ready(self.store)
         for i in range(s.num_workers):
             w = self._spawn(f"worker{i}", "gpu_worker.main",

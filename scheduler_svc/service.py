@@ -125,6 +125,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if rid in self._live:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request id {rid!r} is already running")
         adapter_bytes = rank = 0
+        # `name` resolves to its latest version (`name@n`): the workers cache immutable versions
+        adapter_id = request.adapter_id
         if request.adapter_id:
             info = await self._adapter_info(request.adapter_id, context)
             if not info.valid:
@@ -132,6 +134,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                                     f"adapter {request.adapter_id!r} does not fit the base model: "
                                     f"{info.invalid_reason}")
             adapter_bytes, rank = info.size_bytes, info.rank
+            adapter_id = info.adapter_id or request.adapter_id
         link = await self._any_worker(context)
         ids = link.tokenizer.encode(request.prompt, add_special_tokens=False).ids
         ctx = link.info.max_context
@@ -149,9 +152,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             # pin the sample: a re-run after a squash or a lost worker then regenerates the very
             # tokens the client already has, so skipping that prefix leaves one clean stream
             params.seed = random.getrandbits(62)
-        admit = worker_pb2.Admit(request_id=rid, prompt_token_ids=ids, adapter_id=request.adapter_id,
+        admit = worker_pb2.Admit(request_id=rid, prompt_token_ids=ids, adapter_id=adapter_id,
                                  params=params)
-        pending = PendingRequest(request_id=rid, adapter_id=request.adapter_id or None,
+        pending = PendingRequest(request_id=rid, adapter_id=adapter_id or None,
                                  input_tokens=len(ids), max_tokens=params.max_tokens,
                                  adapter_bytes=adapter_bytes, adapter_rank=rank, arrival=self.clock())
         return admit, pending
