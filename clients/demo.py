@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -40,6 +41,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "chameleon-fairshare")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--store", choices=["local", "s3"], default="local",
+                    help="local: the store serves the adapter folder (default); s3: a SeaweedFS "
+                         "started here holds the adapters and the store serves them from it")
 
 
 def build_load(adapter_ids: list[str], n: int, max_tokens: int, seed: int):
@@ -72,12 +76,8 @@ def print_table(s: dict[str, float], label: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from clients.assets.demo import prepare_demo
-    from clients.client import ChameleonClient
-    from clients.launcher import Cluster, ClusterSpec
-    from clients.loadgen import run_load, summarize
+    from clients.launcher import ClusterSpec
 
     t0 = time.perf_counter()
     assets = prepare_demo(args.assets, progress=lambda m: print(f"[assets] {m}", flush=True))
@@ -88,6 +88,39 @@ def run(args: argparse.Namespace) -> int:
     spec = ClusterSpec(model=model, adapters=adapters_dir, policy=args.policy,
                        worker_args=["--max-running", str(args.concurrency),
                                     "--cache-policy", args.cache_policy])
+    with contextlib.ExitStack() as stack:
+        if args.store == "s3":
+            _use_seaweedfs(spec, adapters_dir, stack)
+        return _run_cluster(args, spec, adapter_ids)
+
+
+def _use_seaweedfs(spec, adapters_dir: Path, stack: contextlib.ExitStack) -> None:
+    """Starts SeaweedFS, uploads the demo adapters to it and points the store at its bucket."""
+    import tempfile
+
+    from clients.assets.upload import upload_adapters
+    from clients.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
+    from adapter_store.s3_backend import S3Backend, S3Config
+
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chameleon-weed-")))
+    print("[demo] starting SeaweedFS (S3) ...", flush=True)
+    sw = stack.enter_context(SeaweedFS(tmp / "data"))
+    backend = S3Backend(S3Config(bucket=sw.bucket, endpoint=sw.endpoint, access_key_id=ACCESS_KEY,
+                                 secret_access_key=SECRET_KEY))
+    names = asyncio.run(upload_adapters(adapters_dir, backend))
+    print(f"[demo] {len(names)} adapters uploaded to s3://{sw.bucket} at {sw.endpoint}", flush=True)
+    spec.adapters = None
+    spec.store_args = sw.store_args()
+    spec.env = {**spec.env, **sw.env()}
+
+
+def _run_cluster(args: argparse.Namespace, spec, adapter_ids: list[str]) -> int:
+    from tqdm import tqdm
+
+    from clients.client import ChameleonClient
+    from clients.launcher import Cluster
+    from clients.loadgen import run_load, summarize
+
     print("[demo] starting adapter store, worker and scheduler ...", flush=True)
     with Cluster(spec) as cluster:
         print(f"[demo] scheduler at {cluster.address}; logs in {cluster.dir}", flush=True)
@@ -98,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         summary = summarize(results, wall)
         print_table(summary, f"live on CPU: {args.policy} scheduler, {args.cache_policy} cache, "
+                             f"{args.store} store, "
                              f"{len(set(r.adapter for r in reqs if r.adapter))} "
                              f"adapters, SmolLM2-135M-Instruct")
         errors = [r.error for r in results if r.error]
@@ -115,5 +149,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"[demo] services stopped (exit codes {codes})")
     if args.json:
         args.json.write_text(json.dumps({"label": "live on CPU", "sched_policy": args.policy,
-                                           "cache_policy": args.cache_policy, **summary}, indent=2))
+                                           "cache_policy": args.cache_policy, "store": args.store,
+                                           **summary}, indent=2))
     return 0 if not errors and "Paris" in text else 1

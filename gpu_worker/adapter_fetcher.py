@@ -1,7 +1,8 @@
 """Fetches adapters from the adapter store into host staging memory as the chunks arrive.
 
 Each file's bytes go straight into a staging buffer of its size as its chunks
-arrive; its sha256 is checked against the digest the store sends with the last
+arrive (copied and hashed on a helper thread, since hashlib releases the GIL, so
+verifying overlaps with receiving the next chunks); its sha256 is checked against the digest the store sends with the last
 chunk, and the adapter's digest over all files against the one the stream
 names, before anything is loaded, so a torn or corrupted transfer can never
 reach the model (DATA_LOSS, never retried: the stored bytes are bad).
@@ -18,6 +19,8 @@ import hashlib
 import logging
 import random
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -81,12 +84,26 @@ class _Partial:
     received: dict[str, int] = field(default_factory=dict)
     hashes: dict[str, Any] = field(default_factory=dict)
     done: dict[str, str] = field(default_factory=dict)    # file -> verified sha256
+    pending: deque = field(default_factory=deque)         # copies+hashes still on the helper thread
+
+    async def settle(self) -> None:
+        while self.pending:
+            await self.pending.popleft()
 
     def resume_point(self) -> tuple[str, int]:
         if not self.order:
             return "", 0
         last = self.order[-1]
         return last, self.received[last]
+
+
+# chunks received ahead of the helper thread, at most (bounds the memory they hold)
+_MAX_PENDING = 8
+
+
+def _absorb(buf: bytearray, offset: int, data: bytes, h) -> None:
+    buf[offset:offset + len(data)] = data
+    h.update(data)
 
 
 class AdapterFetcher:
@@ -109,20 +126,41 @@ class AdapterFetcher:
         deadline = start + self.retry.deadline_s
         stats = FetchStats()
         part = _Partial()
+        helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fetch-{adapter_id}"[:15])
+        try:
+            await self._attempts(adapter_id, part, stats, start, deadline, helper)
+        finally:
+            await part.settle()
+            helper.shutdown(wait=False)
+        stats.seconds = self._clock() - start
+        files = {n: part.buffers[n] for n in part.order}
+        if adapter_digest(part.done) != part.digest:
+            raise AdapterFetchError(grpc.StatusCode.DATA_LOSS,
+                                    f"adapter {adapter_id!r}: its files do not add up to its digest")
+        self.last_stats = stats
+        self.fetches += 1
+        log.info("fetched %s: %d bytes in %.3f s (%.1f MB/s, first byte after %.1f ms, %d attempt%s)",
+                 adapter_id, stats.nbytes, stats.seconds, stats.bytes_per_s / 1e6, stats.ttfb_s * 1e3,
+                 stats.attempts, "" if stats.attempts == 1 else "s")
+        return FetchedAdapter(adapter_id, part.digest, files, stats)
+
+    async def _attempts(self, adapter_id: str, part: _Partial, stats: FetchStats, start: float,
+                        deadline: float, helper: ThreadPoolExecutor) -> None:
         backoff = self.retry.initial_backoff_s
         last_error = "no attempt made"
         while True:
             stats.attempts += 1
             try:
-                if await self._stream(adapter_id, part, stats, start, deadline):
-                    break
+                if await self._stream(adapter_id, part, stats, start, deadline, helper):
+                    return
                 last_error = "the stream ended before every file was complete"
             except AdapterFetchError:
                 raise
             except grpc.aio.AioRpcError as e:
                 code = e.code()
                 if code == grpc.StatusCode.ABORTED:  # changed under us: start over
-                    part = _Partial()
+                    await part.settle()
+                    part.__init__()
                 elif code not in _TRANSIENT:
                     raise AdapterFetchError(code, e.details() or code.name) from e
                 last_error = f"{code.name}: {e.details()}"
@@ -137,21 +175,12 @@ class AdapterFetcher:
                         last_error, part.resume_point(), pause)
             await asyncio.sleep(pause)
             backoff = min(backoff * 2, self.retry.max_backoff_s)
-        stats.seconds = self._clock() - start
-        files = {n: part.buffers[n] for n in part.order}
-        if adapter_digest(part.done) != part.digest:
-            raise AdapterFetchError(grpc.StatusCode.DATA_LOSS,
-                                    f"adapter {adapter_id!r}: its files do not add up to its digest")
-        self.last_stats = stats
-        self.fetches += 1
-        log.info("fetched %s: %d bytes in %.3f s (%.1f MB/s, first byte after %.1f ms, %d attempt%s)",
-                 adapter_id, stats.nbytes, stats.seconds, stats.bytes_per_s / 1e6, stats.ttfb_s * 1e3,
-                 stats.attempts, "" if stats.attempts == 1 else "s")
-        return FetchedAdapter(adapter_id, part.digest, files, stats)
 
     async def _stream(self, adapter_id: str, part: _Partial, stats: FetchStats, start: float,
-                      deadline: float) -> bool:
+                      deadline: float, helper: ThreadPoolExecutor) -> bool:
         """One attempt; True once every file arrived and verified."""
+        await part.settle()
+        loop = asyncio.get_running_loop()
         resume_file, resume_offset = part.resume_point()
         req = store_pb2.FetchAdapterRequest(adapter_id=adapter_id, chunk_bytes=self.chunk_bytes,
                                             resume_file=resume_file, resume_offset=resume_offset,
@@ -181,8 +210,10 @@ class AdapterFetcher:
                                         f"expected {got} (of {len(part.buffers[name])} bytes)")
             if c.data and stats.nbytes == 0:
                 stats.ttfb_s = self._clock() - start
-            part.buffers[name][got:got + len(c.data)] = c.data
-            part.hashes[name].update(c.data)
+            part.pending.append(loop.run_in_executor(helper, _absorb, part.buffers[name], got, c.data,
+                                                     part.hashes[name]))
+            if len(part.pending) > _MAX_PENDING:
+                await part.pending.popleft()
             part.received[name] = got + len(c.data)
             stats.nbytes += len(c.data)
             complete = False
@@ -190,6 +221,7 @@ class AdapterFetcher:
                 if part.received[name] != len(part.buffers[name]):
                     raise AdapterFetchError(grpc.StatusCode.DATA_LOSS,
                                             f"adapter {adapter_id!r}: {name} ended short")
+                await part.settle()
                 sha = part.hashes[name].hexdigest()
                 if sha != c.sha256:
                     raise AdapterFetchError(grpc.StatusCode.DATA_LOSS,

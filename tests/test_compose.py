@@ -35,3 +35,43 @@ def test_compose_binary_rejects_a_broken_file(tmp_path):
     bad.write_text("services:\n  worker:\n    image: x\n    deploy: {resources: {reservations: 3}}\n")
     r = subprocess.run([str(compose_binary()), "-f", str(bad), "config"], capture_output=True, text=True)
     assert r.returncode != 0
+
+
+def _config() -> dict:
+    r = subprocess.run([str(compose_binary()), "-f", str(ROOT / "docker-compose.yml"), "--profile",
+                        "setup", "config", "--format", "json"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_compose_store_serves_from_the_s3_service_and_prepare_uploads_to_it():
+    services = _config()["services"]
+    s3 = services["s3"]
+    assert s3["entrypoint"] == ["weed"] and "mini" in s3["command"] and "-bucket=adapters" in s3["command"]
+    port = next(a.split("=", 1)[1] for a in s3["command"] if a.startswith("-s3.port="))
+    store = services["store"]["command"]
+    assert "--adapters" not in store
+    assert store[store.index("--s3-endpoint") + 1] == f"http://s3:{port}"
+    assert store[store.index("--s3-bucket") + 1] == "adapters"
+    assert services["store"]["depends_on"]["s3"]["condition"] == "service_healthy"
+    prep = services["prepare"]["command"]
+    assert prep[prep.index("--s3-endpoint") + 1] == f"http://s3:{port}"
+    for name in ("store", "prepare"):
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(services[name]["environment"])
+
+
+def test_services_bind_loopback_by_default_and_compose_says_0000():
+    from adapter_store.main import add_arguments as store_args
+    from gpu_worker.main import add_arguments as worker_args
+    from scheduler_svc.main import add_arguments as sched_args
+    import argparse
+
+    for add in (store_args, worker_args, sched_args):
+        ap = argparse.ArgumentParser()
+        add(ap)
+        assert ap.get_default("host") == "127.0.0.1", add.__module__
+    services = _config()["services"]
+    for name in ("store", "worker", "scheduler"):
+        cmd = services[name]["command"]
+        assert cmd[cmd.index("--host") + 1] == "0.0.0.0", name
+    assert "-ip.bind=0.0.0.0" in services["s3"]["command"]

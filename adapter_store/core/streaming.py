@@ -3,9 +3,11 @@
 A stream may start anywhere (`start_file`, `start_offset`): a receiver whose
 stream broke asks for the rest from its last good offset. Reads from the
 backend run `readahead` chunks ahead of the sender, so object-store latency
-overlaps with the network. A file read from its first byte is hashed on the
-way; if its sha256 is not the one on record the stream ends with
-AdapterCorrupt before the last chunk, and the file never enters the hot cache.
+overlaps with the network. A file read from its first byte that fits the hot
+cache is hashed on the way; if its sha256 is not the one on record the stream
+ends with AdapterCorrupt before the last chunk, and the file never enters the
+cache. Files that bypass the cache are not hashed here: the receiver verifies
+every file against the sha256 sent with its last chunk (one hash, not two).
 """
 from __future__ import annotations
 
@@ -68,10 +70,10 @@ async def _from_memory(f: FileRecord, data: bytes, offset: int, chunk_bytes: int
 async def _from_backend(catalog: AdapterCatalog, hot: HotCache, rec: AdapterRecord, f: FileRecord,
                         offset: int, chunk_bytes: int, readahead: int) -> AsyncIterator[Chunk]:
     whole = offset == 0
-    digest = hashlib.sha256() if whole else None
     keep = bytearray() if whole and f.size_bytes <= hot.capacity_bytes else None
+    digest = hashlib.sha256() if keep is not None else None
     if f.size_bytes == 0 or offset >= f.size_bytes:
-        if whole and digest is not None and digest.hexdigest() != f.sha256:
+        if digest is not None and digest.hexdigest() != f.sha256:
             raise AdapterCorrupt(f"adapter {rec.adapter_id!r}: {f.name} is empty, not as on record")
         yield Chunk(f, offset, b"", True)
         return
@@ -96,10 +98,9 @@ async def _from_backend(catalog: AdapterCatalog, hot: HotCache, rec: AdapterReco
                 raise AdapterCorrupt(f"adapter {rec.adapter_id!r}: {f.name} is shorter than its "
                                      f"record ({f.size_bytes} bytes)")
             last = o + want >= f.size_bytes
-            if digest is not None:
+            if digest is not None and keep is not None:
                 digest.update(data)
-                if keep is not None:
-                    keep += data
+                keep += data
                 if last and digest.hexdigest() != f.sha256:
                     raise AdapterCorrupt(f"adapter {rec.adapter_id!r}: {f.name} does not match its "
                                          "sha256 on record (the stored object is corrupt)")

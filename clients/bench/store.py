@@ -1,0 +1,227 @@
+"""Adapter streaming, store -> worker over loopback gRPC vs straight from the backend (`chameleon bench store`).
+
+For each backend (the local folder, and SeaweedFS started here) and each adapter size,
+in the same run: (1) `direct`: the adapter's bytes read from the backend by this process
+with the store's own ranged reads (same chunk size and read-ahead, no hashing); (2) `grpc`:
+the same adapter fetched by the worker's AdapterFetcher from an adapter store process over
+loopback gRPC (the store reads the backend and hashes each file, the fetcher stages every
+chunk and verifies each file's sha256). The store's hot cache is off, so both read the backend.
+The adapters are PEFT LoRA for a Llama-7B shape (hidden 4096, 32 layers, all seven
+projections), fp16, their rank chosen to come close to the sizes asked for. Label: live on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import struct
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+SIZES_MB = (64, 512)
+QUICK_SIZES_MB = (4,)
+HIDDEN, LAYERS, INTER, HEADS = 4096, 32, 11008, 32
+MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CHUNK_BYTES = 1 << 20
+READAHEAD = 4
+
+
+def _dims(module: str) -> tuple[int, int]:
+    if module in ("gate_proj", "up_proj"):
+        return HIDDEN, INTER
+    if module == "down_proj":
+        return INTER, HIDDEN
+    return HIDDEN, HIDDEN
+
+
+def bytes_per_rank() -> int:
+    return LAYERS * sum(2 * (i + o) for i, o in map(_dims, MODULES))  # fp16 A [r, in] + B [out, r]
+
+
+def write_base_model(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 32000, "hidden_size": HIDDEN,
+        "intermediate_size": INTER, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+        "num_key_value_heads": HEADS, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}))
+    return folder
+
+
+def adapter_files(target_bytes: int) -> tuple[int, bytes, bytes]:
+    """(rank, adapter_config.json, adapter_model.safetensors) of about target_bytes."""
+    rank = max(1, min(256, round(target_bytes / bytes_per_rank())))
+    header, off = {}, 0
+    for layer in range(LAYERS):
+        for m in MODULES:
+            parent = "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            i, o = _dims(m)
+            for half, shape in (("A", [rank, i]), ("B", [o, rank])):
+                n = shape[0] * shape[1] * 2
+                header[f"base_model.model.model.layers.{layer}.{parent}.{m}.lora_{half}.weight"] = {
+                    "dtype": "F16", "shape": shape, "data_offsets": [off, off + n]}
+                off += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    block = os.urandom(1 << 20)
+    data = (block * (off // len(block) + 1))[:off]
+    config = json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank,
+                         "target_modules": list(MODULES)}).encode()
+    return rank, config, struct.pack("<Q", len(raw)) + raw + data
+
+
+async def direct_read(backend, keys: list[tuple[str, int]]) -> float:
+    """Seconds to read every byte of the objects with ranged reads, READAHEAD in flight."""
+    t0 = time.perf_counter()
+    for key, size in keys:
+        pending: deque = deque()
+        offsets = iter(range(0, size, CHUNK_BYTES))
+        for o in offsets:
+            pending.append(asyncio.ensure_future(backend.read(key, o, min(CHUNK_BYTES, size - o))))
+            if len(pending) >= READAHEAD:
+                break
+        got = 0
+        while pending:
+            got += len(await pending.popleft())
+            for o in offsets:
+                pending.append(asyncio.ensure_future(backend.read(key, o, min(CHUNK_BYTES, size - o))))
+                break
+        assert got == size, (key, got, size)
+    return time.perf_counter() - t0
+
+
+async def grpc_fetch(fetcher, adapter_id: str) -> tuple[float, int]:
+    """Seconds for the worker's fetcher to receive, stage and verify the adapter."""
+    t0 = time.perf_counter()
+    got = await fetcher.fetch(adapter_id)
+    return time.perf_counter() - t0, got.stats.nbytes
+
+
+def _start_store(args: list[str], work: Path, env: dict) -> tuple:
+    import subprocess
+
+    port_file = work / "store.port"
+    port_file.unlink(missing_ok=True)
+    log = open(work / "store.log", "ab")
+    p = subprocess.Popen([sys.executable, "-m", "adapter_store.main", "--port", "0", "--port-file",
+                          str(port_file), "--hot-cache-bytes", "0", "--chunk-bytes", str(CHUNK_BYTES),
+                          "--backend-requests-per-s", "10000", *args],
+                         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **env))
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            raise RuntimeError(f"adapter store did not start: {(work / 'store.log').read_text()[-1500:]}")
+        time.sleep(0.05)
+    return p, f"127.0.0.1:{int(port_file.read_text())}"
+
+
+async def _bench_backend(kind: str, backend, store_args: list[str], env: dict, sizes: list[int],
+                         work: Path, reps: int) -> dict:
+    from clients.store_client import StoreClient
+    from gpu_worker.adapter_fetcher import AdapterFetcher, RetryPolicy
+
+    out = {}
+    names = {}
+    for size in sizes:
+        rank, config, weights = adapter_files(size)
+        name = f"bench-{size >> 20}mb"
+        await backend.write(f"{name}/adapter_config.json", config)
+        await backend.write(f"{name}/adapter_model.safetensors", weights)
+        names[size] = (name, rank, len(config) + len(weights), len(config), len(weights))
+        del weights
+    proc, address = _start_store(store_args, work, env)
+    # one channel for the run, as a worker keeps one to its store
+    fetcher = AdapterFetcher(address, retry=RetryPolicy(deadline_s=600), chunk_bytes=CHUNK_BYTES)
+    try:
+        async with StoreClient(address) as s:
+            for size, (name, *_rest) in names.items():
+                info = await s.show(name)   # hashes the files once, before any timing
+                if not info.valid:
+                    raise RuntimeError(f"bench adapter {name} invalid: {info.invalid_reason}")
+        for size, (name, rank, total, cfg_len, w_len) in names.items():
+            keys = [(f"{name}/adapter_config.json", cfg_len), (f"{name}/adapter_model.safetensors", w_len)]
+            g_best = d_best = float("inf")
+            for _ in range(reps):  # alternate, so both see the same page cache and machine load
+                d_best = min(d_best, await direct_read(backend, keys))
+                secs, nbytes = await grpc_fetch(fetcher, name)
+                assert nbytes == total
+                g_best = min(g_best, secs)
+            g, d = total / g_best / 1e6, total / d_best / 1e6
+            out[str(total)] = {"grpc_MBps": round(g, 1), "direct_MBps": round(d, 1),
+                               "ratio": round(g / d, 3), "rank": rank}
+            print(f"  {kind:<6} {total / 2**20:7.1f} MiB  grpc {g:8.1f} MB/s  direct {d:8.1f} MB/s  "
+                  f"ratio {g / d:.2f}", flush=True)
+    finally:
+        await fetcher.close()
+        proc.terminate()
+        proc.wait(20)
+    return out
+
+
+async def run_store_bench(sizes_mb: list[int], backends: list[str], reps: int) -> dict:
+    from adapter_store.core.backends import LocalFolderBackend
+    from adapter_store.s3_backend import S3Backend, S3Config
+    from clients.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS, SeaweedUnavailable
+
+    sizes = [mb << 20 for mb in sizes_mb]
+    result: dict = {"label": "live on CPU", "chunk_bytes": CHUNK_BYTES, "readahead": READAHEAD,
+                    "backends": {}, "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="chameleon-bench-store-") as tmp:
+        work = Path(tmp)
+        base = write_base_model(work / "base")
+        if "local" in backends:
+            folder = work / "adapters"
+            folder.mkdir()
+            result["backends"]["local"] = await _bench_backend(
+                "local", LocalFolderBackend(folder), ["--adapters", str(folder), "--base-model", str(base)],
+                {}, sizes, work, reps)
+        if "s3" in backends:
+            sw = SeaweedFS(work / "weed")
+            try:
+                sw.start()
+            except SeaweedUnavailable as e:
+                print(f"SeaweedFS cannot start, no S3 figures: {e}", file=sys.stderr)
+                result["backends"]["s3"] = {"skipped": str(e)}
+            else:
+                try:
+                    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+                    be = S3Backend(S3Config(bucket=sw.bucket, endpoint=sw.endpoint,
+                                            access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY))
+                    result["backends"]["s3"] = await _bench_backend(
+                        "s3", be, [*sw.store_args(), "--base-model", str(base)], env, sizes, work, reps)
+                finally:
+                    sw.stop()
+    # the top-level `sizes` table is the local folder's (the default backend), else S3's
+    first = next((b for b in result["backends"].values() if "skipped" not in b), {})
+    result["sizes"] = {k: {m: v[m] for m in ("grpc_MBps", "direct_MBps", "ratio")}
+                       for k, v in first.items()}
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="one 4 MB adapter (for tests)")
+    parser.add_argument("--sizes-mb", type=int, nargs="+", default=None,
+                        help=f"adapter sizes in MB (default {' '.join(map(str, SIZES_MB))})")
+    parser.add_argument("--backends", nargs="+", default=["local", "s3"], choices=["local", "s3"])
+    parser.add_argument("--reps", type=int, default=2, help="best of this many runs per size")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = args.sizes_mb or (list(QUICK_SIZES_MB) if args.quick else list(SIZES_MB))
+    print("adapter streaming, store -> worker (live on CPU)")
+    result = asyncio.run(run_store_bench(sizes, args.backends, max(1, args.reps)))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    sys.exit(run(ap.parse_args()))
