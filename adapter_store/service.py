@@ -8,6 +8,7 @@ resumed stream ABORTED, and push/delete without the admin token UNAUTHENTICATED.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -47,6 +48,13 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
         self.hot = hot if hot is not None else HotCache(0)
         self._admin_token = admin_token
         self.readahead = readahead
+        self._watchers: set[asyncio.Queue] = set()
+
+    def _publish(self, kind: int, name: str, refs: list[str]) -> None:
+        ev = store_pb2.WatchAdaptersResponse(kind=kind, name=name, refs=refs)
+        for q in list(self._watchers):
+            if q.qsize() < 1000:   # a watcher that stopped reading loses events, not memory
+                q.put_nowait(ev)
 
     async def _abort_for(self, e: Exception, ref: str, context) -> None:
         if isinstance(e, (InvalidAdapterId, InvalidKey)):
@@ -169,6 +177,7 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
         except Exception as e:
             await self._abort_for(e, name, context)
         log.info("pushed %s (%d bytes, digest %s)", rec.adapter_id, total, rec.sha256[:12])
+        self._publish(store_pb2.ADAPTER_CHANGE_KIND_PUSHED, rec.name, [rec.adapter_id])
         return record_to_proto(rec)
 
     async def DeleteAdapter(self, request, context):
@@ -186,4 +195,14 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
         if rec is not None:
             self.hot.drop(rec.sha256)  # streams already running hold their own bytes
         log.info("deleted %s", ", ".join(deleted))
+        self._publish(store_pb2.ADAPTER_CHANGE_KIND_DELETED, request.adapter_id.split("@")[0], deleted)
         return store_pb2.DeleteAdapterResponse(deleted=deleted)
+
+    async def WatchAdapters(self, request, context):
+        q: asyncio.Queue = asyncio.Queue()
+        self._watchers.add(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._watchers.discard(q)

@@ -182,7 +182,16 @@ class LocalFolderBackend:
 
     def _list(self, prefix: str) -> list[ObjectInfo]:
         out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        # walk only the folder the prefix names (`name/` lists one adapter, not the whole root)
+        top = self.root
+        if "/" in prefix:
+            try:
+                top = self._path(prefix.rsplit("/", 1)[0])
+            except InvalidKey:
+                return []
+            if not top.is_dir():
+                return []
+        for dirpath, dirnames, filenames in os.walk(top):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel_dir = os.path.relpath(dirpath, self.root)
             for fn in filenames:

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from chameleon.v1 import common_pb2 as chameleon_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hameleon/v1/store.proto\x12\x0c\x63hameleon.v1\x1a\x19\x63hameleon/v1/common.proto\"(\n\x12StatAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"\x81\x01\n\x13\x46\x65tchAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x02 \x01(\x05\x12\x13\n\x0bresume_file\x18( \x01(\t\x12\x15\n\rresume_offset\x18) \x01(\x03\x12\x15\n\rexpect_sha256\x18* \x01(\t\"\x88\x01\n\x0c\x41\x64\x61pterChunk\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x11\n\tfile_size\x18\x06 \x01(\x03\x12\x16\n\x0e\x61\x64\x61pter_sha256\x18( \x01(\t\"\x1a\n\nPushHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\"u\n\x12PushAdapterRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.chameleon.v1.PushHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.chameleon.v1.AdapterChunkH\x00\x42\x06\n\x04kind\"*\n\x14\x44\x65leteAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"(\n\x15\x44\x65leteAdapterResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t2\xaa\x03\n\x0c\x41\x64\x61pterStore\x12U\n\x0cListAdapters\x12!.chameleon.v1.ListAdaptersRequest\x1a\".chameleon.v1.ListAdaptersResponse\x12J\n\x0bStatAdapter\x12 .chameleon.v1.StatAdapterRequest\x1a\x19.chameleon.v1.AdapterInfo\x12O\n\x0c\x46\x65tchAdapter\x12!.chameleon.v1.FetchAdapterRequest\x1a\x1a.chameleon.v1.AdapterChunk0\x01\x12L\n\x0bPushAdapter\x12 .chameleon.v1.PushAdapterRequest\x1a\x19.chameleon.v1.AdapterInfo(\x01\x12X\n\rDeleteAdapter\x12\".chameleon.v1.DeleteAdapterRequest\x1a#.chameleon.v1.DeleteAdapterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hameleon/v1/store.proto\x12\x0c\x63hameleon.v1\x1a\x19\x63hameleon/v1/common.proto\"(\n\x12StatAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"\x81\x01\n\x13\x46\x65tchAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x02 \x01(\x05\x12\x13\n\x0bresume_file\x18( \x01(\t\x12\x15\n\rresume_offset\x18) \x01(\x03\x12\x15\n\rexpect_sha256\x18* \x01(\t\"\x88\x01\n\x0c\x41\x64\x61pterChunk\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x11\n\tfile_size\x18\x06 \x01(\x03\x12\x16\n\x0e\x61\x64\x61pter_sha256\x18( \x01(\t\"\x1a\n\nPushHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\"u\n\x12PushAdapterRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.chameleon.v1.PushHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.chameleon.v1.AdapterChunkH\x00\x42\x06\n\x04kind\"*\n\x14\x44\x65leteAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"(\n\x15\x44\x65leteAdapterResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t\"\x16\n\x14WatchAdaptersRequest\"b\n\x15WatchAdaptersResponse\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.chameleon.v1.AdapterChangeKind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04refs\x18\x03 \x03(\t*y\n\x11\x41\x64\x61pterChangeKind\x12#\n\x1f\x41\x44\x41PTER_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41\x44\x41PTER_CHANGE_KIND_PUSHED\x10\x01\x12\x1f\n\x1b\x41\x44\x41PTER_CHANGE_KIND_DELETED\x10\x02\x32\x86\x04\n\x0c\x41\x64\x61pterStore\x12U\n\x0cListAdapters\x12!.chameleon.v1.ListAdaptersRequest\x1a\".chameleon.v1.ListAdaptersResponse\x12J\n\x0bStatAdapter\x12 .chameleon.v1.StatAdapterRequest\x1a\x19.chameleon.v1.AdapterInfo\x12O\n\x0c\x46\x65tchAdapter\x12!.chameleon.v1.FetchAdapterRequest\x1a\x1a.chameleon.v1.AdapterChunk0\x01\x12L\n\x0bPushAdapter\x12 .chameleon.v1.PushAdapterRequest\x1a\x19.chameleon.v1.AdapterInfo(\x01\x12X\n\rDeleteAdapter\x12\".chameleon.v1.DeleteAdapterRequest\x1a#.chameleon.v1.DeleteAdapterResponse\x12Z\n\rWatchAdapters\x12\".chameleon.v1.WatchAdaptersRequest\x1a#.chameleon.v1.WatchAdaptersResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chameleon.v1.store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ADAPTERCHANGEKIND']._serialized_start=739
+  _globals['_ADAPTERCHANGEKIND']._serialized_end=860
   _globals['_STATADAPTERREQUEST']._serialized_start=69
   _globals['_STATADAPTERREQUEST']._serialized_end=109
   _globals['_FETCHADAPTERREQUEST']._serialized_start=112
@@ -46,6 +48,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEADAPTERREQUEST']._serialized_end=571
   _globals['_DELETEADAPTERRESPONSE']._serialized_start=573
   _globals['_DELETEADAPTERRESPONSE']._serialized_end=613
-  _globals['_ADAPTERSTORE']._serialized_start=616
-  _globals['_ADAPTERSTORE']._serialized_end=1042
+  _globals['_WATCHADAPTERSREQUEST']._serialized_start=615
+  _globals['_WATCHADAPTERSREQUEST']._serialized_end=637
+  _globals['_WATCHADAPTERSRESPONSE']._serialized_start=639
+  _globals['_WATCHADAPTERSRESPONSE']._serialized_end=737
+  _globals['_ADAPTERSTORE']._serialized_start=863
+  _globals['_ADAPTERSTORE']._serialized_end=1381
 # @@protoc_insertion_point(module_scope)

@@ -1,11 +1,21 @@
 from chameleon.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AdapterChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ADAPTER_CHANGE_KIND_UNSPECIFIED: _ClassVar[AdapterChangeKind]
+    ADAPTER_CHANGE_KIND_PUSHED: _ClassVar[AdapterChangeKind]
+    ADAPTER_CHANGE_KIND_DELETED: _ClassVar[AdapterChangeKind]
+ADAPTER_CHANGE_KIND_UNSPECIFIED: AdapterChangeKind
+ADAPTER_CHANGE_KIND_PUSHED: AdapterChangeKind
+ADAPTER_CHANGE_KIND_DELETED: AdapterChangeKind
 
 class StatAdapterRequest(_message.Message):
     __slots__ = ("adapter_id",)
@@ -70,3 +80,17 @@ class DeleteAdapterResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, deleted: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WatchAdaptersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchAdaptersResponse(_message.Message):
+    __slots__ = ("kind", "name", "refs")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    kind: AdapterChangeKind
+    name: str
+    refs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[_Union[AdapterChangeKind, str]] = ..., name: _Optional[str] = ..., refs: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -62,6 +62,11 @@ class AdapterStoreStub:
                 request_serializer=chameleon_dot_v1_dot_store__pb2.DeleteAdapterRequest.SerializeToString,
                 response_deserializer=chameleon_dot_v1_dot_store__pb2.DeleteAdapterResponse.FromString,
                 _registered_method=True)
+        self.WatchAdapters = channel.unary_stream(
+                '/chameleon.v1.AdapterStore/WatchAdapters',
+                request_serializer=chameleon_dot_v1_dot_store__pb2.WatchAdaptersRequest.SerializeToString,
+                response_deserializer=chameleon_dot_v1_dot_store__pb2.WatchAdaptersResponse.FromString,
+                _registered_method=True)
 
 
 class AdapterStoreServicer:
@@ -105,6 +110,14 @@ class AdapterStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAdapters(self, request, context):
+        """Pushes and deletes as they happen on this store, so callers that cache
+        adapter metadata (the scheduler) can drop what changed at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdapterStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +145,11 @@ def add_AdapterStoreServicer_to_server(servicer, server):
                     servicer.DeleteAdapter,
                     request_deserializer=chameleon_dot_v1_dot_store__pb2.DeleteAdapterRequest.FromString,
                     response_serializer=chameleon_dot_v1_dot_store__pb2.DeleteAdapterResponse.SerializeToString,
+            ),
+            'WatchAdapters': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAdapters,
+                    request_deserializer=chameleon_dot_v1_dot_store__pb2.WatchAdaptersRequest.FromString,
+                    response_serializer=chameleon_dot_v1_dot_store__pb2.WatchAdaptersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +289,33 @@ class AdapterStore:
             '/chameleon.v1.AdapterStore/DeleteAdapter',
             chameleon_dot_v1_dot_store__pb2.DeleteAdapterRequest.SerializeToString,
             chameleon_dot_v1_dot_store__pb2.DeleteAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chameleon.v1.AdapterStore/WatchAdapters',
+            chameleon_dot_v1_dot_store__pb2.WatchAdaptersRequest.SerializeToString,
+            chameleon_dot_v1_dot_store__pb2.WatchAdaptersResponse.FromString,
             options,
             channel_credentials,
             insecure,
