@@ -99,6 +99,9 @@ def _status(a: argparse.Namespace) -> int:
             print(f"  {w.worker_id} ({w.address}) {'up' if w.connected else 'DOWN'}: {w.running} running, "
                   f"{w.free_tokens}/{w.total_tokens} KV tokens free, {len(w.cached_adapters)} adapters cached, "
                   f"hits {w.cache_hits} misses {w.cache_misses} evictions {w.evictions}")
+            if w.adapter_fetches:
+                print(f"    {w.adapter_fetches} adapters fetched from the store; the last at "
+                      f"{w.fetch_bytes_per_s / 1e6:.1f} MB/s, first byte after {w.fetch_ttfb_ms:.1f} ms")
         for k in sorted(s.metrics):
             print(f"  {k} = {s.metrics[k]:g}")
 

@@ -232,7 +232,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 total_tokens=v.total_tokens, free_tokens=v.free_tokens, free_pages=st.free_pages,
                 evictable_pages=st.evictable_pages, cached_adapters=sorted(v.cached_adapters),
                 cache_hits=st.cache_hits, cache_misses=st.cache_misses, evictions=st.evictions,
-                bytes_loaded=st.bytes_loaded))
+                bytes_loaded=st.bytes_loaded, loading_adapters=sorted(st.loading_adapters),
+                adapter_fetches=st.adapter_fetches, fetch_bytes_per_s=st.fetch_bytes_per_s,
+                fetch_ttfb_ms=st.fetch_ttfb_ms))
         metrics = {k: float(v) for k, v in self.policy.metrics().items()
                    if isinstance(v, (int, float))}
         metrics["prefetch_hints_sent"] = float(self.hints.messages)

@@ -169,6 +169,9 @@ async def test_one_fetch_serves_every_waiting_request(cluster, tiny_assets):
         outs = await asyncio.gather(*[c.complete(p, adapter="shared", max_tokens=4, timeout=60)
                                       for p in ("Hello", "Water boils at", "1, 2, 3,", "The sky")])
     assert all(ids for _, ids, _ in outs)
+    async with ChameleonClient(cluster.address) as c:
+        w = (await c.status()).workers[0]
+    assert w.adapter_fetches >= 1 and w.fetch_bytes_per_s > 0 and w.fetch_ttfb_ms > 0
     log = cluster.workers[0].log_path.read_text()
     assert len(re.findall(r"fetched shared@1: \d+ bytes", log)) == 1, log[-2000:]
 

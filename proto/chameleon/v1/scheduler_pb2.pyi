@@ -42,7 +42,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "address", "connected", "running", "total_tokens", "free_tokens", "free_pages", "evictable_pages", "cached_adapters", "cache_hits", "cache_misses", "evictions", "bytes_loaded")
+    __slots__ = ("worker_id", "address", "connected", "running", "total_tokens", "free_tokens", "free_pages", "evictable_pages", "cached_adapters", "cache_hits", "cache_misses", "evictions", "bytes_loaded", "loading_adapters", "adapter_fetches", "fetch_bytes_per_s", "fetch_ttfb_ms")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,10 @@ class WorkerStatus(_message.Message):
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     BYTES_LOADED_FIELD_NUMBER: _ClassVar[int]
+    LOADING_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FETCHES_FIELD_NUMBER: _ClassVar[int]
+    FETCH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    FETCH_TTFB_MS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     connected: bool
@@ -69,7 +73,11 @@ class WorkerStatus(_message.Message):
     cache_misses: int
     evictions: int
     bytes_loaded: int
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., running: _Optional[int] = ..., total_tokens: _Optional[int] = ..., free_tokens: _Optional[int] = ..., free_pages: _Optional[int] = ..., evictable_pages: _Optional[int] = ..., cached_adapters: _Optional[_Iterable[str]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_loaded: _Optional[int] = ...) -> None: ...
+    loading_adapters: _containers.RepeatedScalarFieldContainer[str]
+    adapter_fetches: int
+    fetch_bytes_per_s: float
+    fetch_ttfb_ms: float
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., running: _Optional[int] = ..., total_tokens: _Optional[int] = ..., free_tokens: _Optional[int] = ..., free_pages: _Optional[int] = ..., evictable_pages: _Optional[int] = ..., cached_adapters: _Optional[_Iterable[str]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., loading_adapters: _Optional[_Iterable[str]] = ..., adapter_fetches: _Optional[int] = ..., fetch_bytes_per_s: _Optional[float] = ..., fetch_ttfb_ms: _Optional[float] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("policy", "queued", "running", "workers", "metrics", "completed")
