@@ -201,6 +201,7 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
     async def WatchAdapters(self, request, context):
         q: asyncio.Queue = asyncio.Queue()
         self._watchers.add(q)
+        await context.send_initial_metadata(())  # the watcher knows it is subscribed from here on
         try:
             while True:
                 yield await q.get()
