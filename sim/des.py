@@ -15,8 +15,9 @@ What runs is what the services run. The scheduler side is the scheduler service'
 `WorkerMemory`, `ReservationLedger`, `AdapterCache`, `PagePool`, `BatchPlanner` and
 page layouts over `SimPool`, with step times and adapter copies from the cost model.
 Messages between them take no time (one host). The scheduler runs a round whenever
-something it sees changed (an arrival, a finish, a squash, an adapter landing), and
-after each round sends every worker its prefetch hint if that changed.
+something it sees changed (an arrival, a step's end, a squash, an adapter landing), and
+after each round offers every worker its prefetch hint through the service's own
+`HintThrottle` (sent when it changed, at most once per interval).
 
 Events: arrivals, the end of each worker's step, and the landing of an adapter copy
 on an idle worker. Each request carries `max_tokens` to the scheduler and worker; its
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler_svc.core.hints import HintConfig, HintThrottle
 from scheduler_svc.core.lifecycle import RequestBook
 from scheduler_svc.core.policies import make_policy
 from scheduler_svc.core.types import PendingRequest, WorkerView
@@ -65,6 +67,7 @@ class RequestRecord:
     hit: bool | None = None              # adapter resident when it reached the worker
     adapter_wait_s: float = 0.0          # adapter copy on its critical path (first attempt)
     squashed: int = 0                    # times it was squashed and re-run
+    worker: str | None = None            # the worker of its last admission
     gaps_s: list[float] = field(default_factory=list)   # time between the client's tokens
     _last_token_s: float = 0.0
 
@@ -87,6 +90,7 @@ class SimResult:
     cache: dict[str, float]
     steps: int
     wall_s: float
+    admissions: int = 0                   # admissions sent to workers (re-runs included)
     label: str = "simulated"
 
 
@@ -97,9 +101,10 @@ def _pending(r, adapter_bytes: int, now: float) -> PendingRequest:
 
 
 class _Sim:
-    def __init__(self, workload: Workload, cost: CostModel, policy: str, *, num_workers: int,
+    def __init__(self, workload: Workload, cost: CostModel, policy, *, num_workers: int,
                  worker: dict[str, Any], scheduler: dict[str, Any]):
-        self.spec = policies.get(policy)
+        self.spec = policy if isinstance(policy, policies.PolicySpec) else policies.get(policy)
+        self.admissions = 0
         self.clock = VirtualClock()
         block = int(worker.get("block_size", 16))
         pool_pages = int(worker.get("pool_pages", 0)) or cost.pool_pages(block)
@@ -118,14 +123,16 @@ class _Sim:
         self.by_id = {w.worker_id: w for w in self.workers}
         self.policy = make_policy(self.spec.scheduler, self.clock, **scheduler)
         self.book = RequestBook(self.policy, self.clock)
+        self.hints = HintThrottle(HintConfig(), self.clock)
+        self._hint_wake: float | None = None
         self.requests = {r.request_id: r for r in workload.requests}
         self.records: dict[str, RequestRecord] = {}
         self.heap: list[tuple[float, int, str, Any]] = []
         self._seq = 0
         self._copy_wake: dict[str, float] = {}
         self.dirty = False
-        self._loads = [0] * num_workers
         self._views = {w.worker_id: self._base_view(w) for w in self.workers}
+        self.lost: set[str] = set()
 
     # -- events -------------------------------------------------------------------
     def push(self, t: float, kind: str, data: Any) -> None:
@@ -136,12 +143,14 @@ class _Sim:
         bs = w.spec.block_size
         kv_pages = w.pool.num_pages - w.memory.cache.policy.reserved_pages
         return WorkerView(w.worker_id, total_tokens=kv_pages * bs, free_tokens=kv_pages * bs,
-                          max_running=w.spec.max_running, block_tokens=bs,
-                          page_bytes=w.pool.page_bytes)
+                          max_running=w.spec.max_running, max_waiting=w.spec.max_waiting,
+                          block_tokens=bs, page_bytes=w.pool.page_bytes)
 
     def views(self) -> list[WorkerView]:
         out = []
         for w in self.workers:
+            if w.worker_id in self.lost:
+                continue
             v = self._views[w.worker_id]
             cache = w.memory.cache
             entries = [cache.entry(a) for a in list(cache._entries)]
@@ -149,6 +158,7 @@ class _Sim:
             v.loading_adapters = {e.adapter_id for e in entries if not e.loaded}
             v.free_bytes = cache.pool.num_free * v.page_bytes
             v.evictable_bytes = cache.idle_adapter_pages() * v.page_bytes
+            v.waiting = w.waiting()
             out.append(v)
         return self.book.views_for(out)
 
@@ -164,12 +174,14 @@ class _Sim:
             if not self.policy.queued():
                 break
             rnd = self.book.schedule(self.views())
+            self.admissions += len(rnd.admit)
             for adm in rnd.admit:
                 rid = adm.request.request_id
                 rec = self.records[rid]
                 w = self.by_id[adm.worker_id]
                 if rec.admitted_s is None:
                     rec.admitted_s = self.clock.now
+                rec.worker = adm.worker_id
                 r = self.requests[rid]
                 w.add(rid, r.adapter_id, r.input_tokens, r.max_tokens, r.output_tokens)
                 if rec.hit is None and r.adapter_id is not None:
@@ -179,8 +191,19 @@ class _Sim:
                 self.by_id[wid].abort(rid)
             if not rnd.cancel:
                 break
+        self.send_hints()
+
+    def send_hints(self) -> None:
+        """As the service does after each round (scheduler_svc/core/hints.py's throttle)."""
         for w in self.workers:
-            w.hint(self.policy.prefetch_hints(w.worker_id))
+            send, retry_in = self.hints.offer(
+                w.worker_id, self.policy.prefetch_hints(w.worker_id, self.hints.config.limit))
+            if send is not None:
+                w.hint(send)
+            if retry_in is not None and self._hint_wake is None:
+                # at least 1 ms on: now + a rounding-sized wait can equal now in floating point
+                self._hint_wake = self.clock.now + max(retry_in, 1e-3)
+                self.push(self._hint_wake, "hint", None)
 
     def step_done(self, w: SimWorker) -> None:
         now = self.clock.now
@@ -203,15 +226,18 @@ class _Sim:
                 self.book.release(rid, cancel=False)
                 w.started.pop(rid, None)
                 self.dirty = True
-        loads = w.memory.cache.loads
-        i = self.workers.index(w)
-        if loads != self._loads[i]:
-            self._loads[i] = loads
-            self.dirty = True
+        # the step started its prefills, so the admission window has room again
+        self.dirty = True
+
+    def lose(self, wid: str) -> None:
+        """The worker's stream broke: the service re-queues what it ran (book.worker_down)."""
+        self.lost.add(wid)
+        self.book.worker_down(wid)
+        self.dirty = True
 
     def kick_workers(self) -> None:
         for w in self.workers:
-            if w.busy_until is not None:
+            if w.busy_until is not None or w.worker_id in self.lost:
                 continue
             end = w.try_start()
             if end is not None:
@@ -222,9 +248,11 @@ class _Sim:
                 self._copy_wake[w.worker_id] = t
                 self.push(t, "copy", w.worker_id)
 
-    def run(self, requests, end_by: float) -> float:
-        for i, r in enumerate(requests):
+    def run(self, requests, end_by: float, disconnect: tuple[int, float] | None = None) -> float:
+        for r in requests:
             self.push(r.arrival_s, "arr", r)
+        if disconnect is not None:
+            self.push(disconnect[1], "lose", self.workers[disconnect[0]].worker_id)
         while self.heap:
             t = self.heap[0][0]
             if t > end_by:
@@ -235,7 +263,13 @@ class _Sim:
                 if kind == "arr":
                     self.arrive(data)
                 elif kind == "step":
-                    self.step_done(self.by_id[data])
+                    if data not in self.lost:
+                        self.step_done(self.by_id[data])
+                elif kind == "lose":
+                    self.lose(data)
+                elif kind == "hint":
+                    self._hint_wake = None
+                    self.send_hints()
                 else:
                     self._copy_wake.pop(data, None)
                     self.dirty = True
@@ -246,14 +280,17 @@ class _Sim:
         return self.clock.now
 
 
-def simulate(workload: Workload, profile: CostModel | str, policy: str, *, seed: int,
+def simulate(workload: Workload, profile: CostModel | str, policy: str | policies.PolicySpec, *, seed: int,
              warmup_s: float, num_workers: int = 1, worker: dict[str, Any] | None = None,
-             scheduler: dict[str, Any] | None = None, max_drain_s: float | None = None) -> SimResult:
-    """Replay `workload` through `policy` (sim/policies.py) on `num_workers` simulated workers
+             scheduler: dict[str, Any] | None = None, max_drain_s: float | None = None,
+             disconnect: tuple[int, float] | None = None) -> SimResult:
+    """Replay `workload` through `policy` (a name from sim/policies.py, or a PolicySpec) on
+    `num_workers` simulated workers
     of `profile`. `seed` names the run (the simulator itself draws nothing at random: the
     workload carries all randomness); `warmup_s` is recorded for the metrics. `worker`
     overrides WorkerSpec fields (block_size, max_running, max_step_tokens, pool_pages);
-    `scheduler` goes to the scheduler policy's config (make_policy)."""
+    `scheduler` goes to the scheduler policy's config (make_policy). `disconnect=(i, t)`
+    loses worker i at time t (its requests are re-queued, as the service does)."""
     if warmup_s < 0:
         raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
     if num_workers < 1:
@@ -264,7 +301,7 @@ def simulate(workload: Workload, profile: CostModel | str, policy: str, *, seed:
                scheduler=dict(scheduler or {}))
     duration = workload.config.duration_s
     drain = duration if max_drain_s is None else max_drain_s
-    end = sim.run(workload.requests, duration + drain)
+    end = sim.run(workload.requests, duration + drain, disconnect)
     records = [sim.records.get(r.request_id) or RequestRecord(r.request_id, r.adapter_id, r.rank,
                                                               r.input_tokens, r.arrival_s)
                for r in workload.requests]
@@ -274,6 +311,6 @@ def simulate(workload: Workload, profile: CostModel | str, policy: str, *, seed:
              "loads": sum(c.loads for c in caches), "evictions": sum(c.evictions for c in caches),
              "bytes_loaded": sum(c.bytes_loaded for c in caches),
              "busy_s": sum(w.busy_s for w in sim.workers)}
-    return SimResult(policy, cost.name, seed, warmup_s, duration, records, end, unfinished,
+    return SimResult(sim.spec.name, cost.name, seed, warmup_s, duration, records, end, unfinished,
                      dict(sim.policy.metrics()), cache, sum(w.steps for w in sim.workers),
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, sim.admissions)

@@ -51,12 +51,18 @@ class WorkerSpec:
     max_running: int = 256
     max_step_tokens: int = 512
     pool_pages: int = 0            # 0: the profile's pool
+    # the scheduler keeps at most this many admitted, not yet started requests on the worker
+    # (WorkerView.max_waiting): a few steps' worth of prefills (~2.5 mean prompts per step at
+    # 512 tokens), so the worker never idles for want of work while the scheduler's policy,
+    # not the worker's FIFO, decides the order
+    max_waiting: int = 8
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.max_running <= 0 or self.max_step_tokens <= 0:
             raise ValueError("block_size, max_running and max_step_tokens must be positive")
-        if self.pool_pages < 0:
-            raise ValueError(f"pool_pages must be >= 0, got {self.pool_pages}")
+        if self.pool_pages < 0 or self.max_waiting < 0:
+            raise ValueError(f"pool_pages and max_waiting must be >= 0: {self.pool_pages}, "
+                             f"{self.max_waiting}")
 
 
 @dataclass
@@ -91,7 +97,6 @@ class SimWorker:
         self._plan: StepPlan | None = None
         self.started: dict[str, float] = {}        # request id -> when its prefill step began
         self.hits: dict[str, bool] = {}            # request id -> adapter resident on arrival
-        self._last_hint: list[str] = []
         self.steps = 0
         self.busy_s = 0.0
 
@@ -121,10 +126,7 @@ class SimWorker:
                 todo.extend(a for a in ev.need_fetch if a not in todo)
 
     def hint(self, adapter_ids: list[str]) -> None:
-        """The scheduler's prefetch hint (sent only when it changed, as a stream message)."""
-        if adapter_ids == self._last_hint:
-            return
-        self._last_hint = list(adapter_ids)
+        """The scheduler's prefetch hint (a PrefetchHint message on the worker's stream)."""
         self._fetch(self.memory.hint(adapter_ids))
 
     # -- requests --------------------------------------------------------------
@@ -162,6 +164,10 @@ class SimWorker:
                 or len(seq.output_ids) >= seq.spec.max_tokens)
 
     # -- the loop ----------------------------------------------------------------
+    def waiting(self) -> int:
+        """Admitted requests not started yet (ready, or parked for their adapter)."""
+        return len(self.planner.waiting) + sum(len(v) for v in self.memory._parked.values())
+
     def has_work(self) -> bool:
         return bool(self.planner.running or self.planner.waiting)
 

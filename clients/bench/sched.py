@@ -5,9 +5,9 @@ on one worker of 16,384 KV tokens and 64 slots. The policy tracks the requests i
 admitted as running; between rounds (outside the timing) the two oldest of them
 finish and every admitted request is replaced by a new arrival, so the queue length
 stays put and each round admits into the room the finished ones left. `--compare`
-also replays one trace through every policy in the simulator
-(scheduler_svc/core/sim.py) and prints TTFT percentiles: those numbers are SIMULATED,
-not measured on a GPU.
+also replays one trace through every scheduler policy in the discrete-event
+simulator (sim/des.py, the a40-llama7b cost model, every policy on the same worker
+cache) and prints TTFT percentiles: those numbers are SIMULATED, not measured on a GPU.
 """
 from __future__ import annotations
 
@@ -20,9 +20,14 @@ from collections import deque
 from pathlib import Path
 
 from scheduler_svc.core.policies import POLICY_NAMES, make_policy
-from scheduler_svc.core.sim import (FakeClock, SimWorkerConfig, TraceConfig, TraceRequest,
-                                    make_trace, simulate)
 from scheduler_svc.core.types import PendingRequest, WorkerView
+from sim.cost_model import CostModel
+from sim.des import VirtualClock, simulate
+from sim.policies import PolicySpec
+from sim.workload import Request, Workload, WorkloadConfig
+
+PROFILE = "a40-llama7b"
+TOTAL_TOKENS, MAX_RUNNING, BLOCK_TOKENS = 16384, 64, 16
 
 QUEUE_SIZES = (100, 1000, 10000)
 FINISHED_PER_ROUND = 2
@@ -34,65 +39,69 @@ COMPLEXITY = ("O(W + K + A + bypass_scan) per round for W workers, K <= 4 queues
               "(O(S log S + S k_max)) and re-bucketing of the Q queued requests (O(Q log Q)).")
 
 
-def _pending(t: TraceRequest, now: float) -> PendingRequest:
+def _pending(t: Request, now: float, cost: CostModel) -> PendingRequest:
     return PendingRequest(t.request_id, t.adapter_id, t.input_tokens, t.max_tokens,
-                          adapter_bytes=t.adapter_bytes, adapter_rank=t.adapter_rank, arrival=now)
+                          adapter_bytes=cost.adapter_bytes(t.rank), adapter_rank=t.rank, arrival=now)
 
 
-def _view(cfg: SimWorkerConfig, running: deque[PendingRequest], cached: set[str]) -> WorkerView:
+def _view(cost: CostModel, running: deque[PendingRequest], cached: set[str]) -> WorkerView:
     reserved = sum(r.reserved_tokens for r in running)
-    free_tokens = cfg.total_tokens - reserved
-    return WorkerView("w0", cfg.total_tokens, free_tokens, running=len(running),
-                      max_running=cfg.max_running, cached_adapters=cached,
-                      free_bytes=max(0, free_tokens) // cfg.block_tokens * cfg.page_bytes,
-                      block_tokens=cfg.block_tokens, page_bytes=cfg.page_bytes)
+    free_tokens = TOTAL_TOKENS - reserved
+    page_bytes = cost.page_bytes(BLOCK_TOKENS)
+    return WorkerView("w0", TOTAL_TOKENS, free_tokens, running=len(running),
+                      max_running=MAX_RUNNING, cached_adapters=cached,
+                      free_bytes=max(0, free_tokens) // BLOCK_TOKENS * page_bytes,
+                      block_tokens=BLOCK_TOKENS, page_bytes=page_bytes)
 
 
 def measure_round_us(queued: int, rounds: int, seed: int = 0) -> dict[str, float]:
     """With `queued` requests waiting: the median microseconds of one schedule() round,
     the mean number admitted and running per round, and the microseconds of the one
     round that re-clusters the queues (T_refresh passed) right after the timed rounds."""
-    cfg = SimWorkerConfig()
-    trace = make_trace(TraceConfig(num_requests=WARMUP_REQUESTS + queued + rounds * cfg.max_running,
-                                   seed=seed))
+    cost = CostModel.from_profile(PROFILE)
+    need = WARMUP_REQUESTS + queued + rounds * MAX_RUNNING
+    wl = Workload.generate(WorkloadConfig(rps=100.0, duration_s=need / 90.0, seed=seed))
+    trace = wl.requests
+    if len(trace) < need:
+        raise RuntimeError(f"the trace has {len(trace)} requests, {need} needed")
     cached = {t.adapter_id for t in trace if t.adapter_id}
     real_output = {t.request_id: t.output_tokens for t in trace}
-    clock = FakeClock(0.0)
+    clock = VirtualClock()
     policy = make_policy("chameleon", clock)
     feed = iter(trace)
     running: deque[PendingRequest] = deque()
     # Warm up the predictor and the queues: requests that finish with their real length.
     for t in [next(feed) for _ in range(WARMUP_REQUESTS)]:
         clock.now += 0.05
-        policy.enqueue(_pending(t, clock.now))
-        for adm in policy.schedule([_view(cfg, running, cached)]):
+        policy.enqueue(_pending(t, clock.now, cost))
+        for adm in policy.schedule([_view(cost, running, cached)]):
             policy.on_finish(adm.request, t.output_tokens)
     if policy.queued():
         raise RuntimeError(f"warm-up left {policy.queued()} requests queued")
     for _ in range(queued):
         clock.now += 0.001
-        policy.enqueue(_pending(next(feed), clock.now))
+        policy.enqueue(_pending(next(feed), clock.now, cost))
     samples, admitted, busy = [], 0, 0
     for _ in range(rounds):
         clock.now += 0.03
         for _ in range(min(FINISHED_PER_ROUND, len(running))):
             done = running.popleft()
             policy.on_finish(done, real_output[done.request_id])
-        views = [_view(cfg, running, cached)]
+        views = [_view(cost, running, cached)]
         start = time.perf_counter()
         adms = policy.schedule(views)
         samples.append(time.perf_counter() - start)
         admitted += len(adms)
         for adm in adms:
             running.append(adm.request)
-            policy.enqueue(_pending(next(feed), clock.now))
+            policy.enqueue(_pending(next(feed), clock.now, cost))
         busy += len(running)
     if policy.queued() != queued:
         raise RuntimeError(f"queue drifted to {policy.queued()} from {queued}")
     clock.now += policy.config.refresh_s
     refreshes = policy.refreshes
     start = time.perf_counter()
-    policy.schedule([_view(cfg, running, cached)])
+    policy.schedule([_view(cost, running, cached)])
     refresh_us = (time.perf_counter() - start) * 1e6
     if policy.refreshes != refreshes + 1:
         raise RuntimeError("the refresh round did not re-cluster the queues")
@@ -108,22 +117,24 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[max(0, min(len(xs) - 1, -(-len(xs) * q // 100) - 1))]
 
 
-def simulated_ttft(num_requests: int = 1000, rate_rps: float = 4.0, seed: int = 0) -> dict:
-    """Every policy on one simulated trace and worker: SIMULATED TTFT, not measured."""
-    trace = make_trace(TraceConfig(num_requests=num_requests, rate_rps=rate_rps, seed=seed))
+def simulated_ttft(duration_s: float = 300.0, rate_rps: float = 11.0, seed: int = 0) -> dict:
+    """Every scheduler policy on one simulated trace and a40-llama7b worker, all on the
+    idle-memory cache: SIMULATED TTFT, not measured."""
+    wl = Workload.generate(WorkloadConfig(rps=rate_rps, duration_s=duration_s, seed=seed))
     out = {}
     for name in POLICY_NAMES:
-        clock = FakeClock()
-        policy = make_policy(name, clock)
-        res = simulate(policy, trace, [SimWorkerConfig()], clock)
-        ttft = list(res.ttft_s.values())
-        small = [res.ttft_s[t.request_id] for t in trace if t.adapter_rank == min(t.adapter_rank for t in trace)]
-        large = [res.ttft_s[t.request_id] for t in trace if t.adapter_rank == max(t.adapter_rank for t in trace)]
+        res = simulate(wl, PROFILE, PolicySpec(f"{name}+chameleon", name, "chameleon"), seed=seed,
+                       warmup_s=0.0)
+        done = [r for r in res.records if r.ttft_s is not None]
+        ttft = [r.ttft_s for r in done]
+        small = [r.ttft_s for r in done if r.rank == min(x.rank for x in done)]
+        large = [r.ttft_s for r in done if r.rank == max(x.rank for x in done)]
+        squashes = sum(r.squashed for r in res.records)
         out[name] = {"ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
                      "smallest_rank_ttft_p50_s": _pct(small, 50),
                      "largest_rank_ttft_p99_s": _pct(large, 99),
-                     "squashes": res.squashes, "squash_rate": res.squashes / max(1, res.admissions)}
-    return {"label": "simulated", "requests": num_requests, "rate_rps": rate_rps, "seed": seed,
+                     "squashes": squashes, "squash_rate": squashes / max(1, res.admissions)}
+    return {"label": "simulated", "requests": len(wl.requests), "rate_rps": rate_rps, "seed": seed,
             "policies": out}
 
 
@@ -152,7 +163,7 @@ def format_report(result: dict) -> str:
     sim = result.get("simulated_ttft")
     if sim:
         lines.append(f"SIMULATED TTFT (not measured), {sim['requests']} requests at {sim['rate_rps']} RPS, "
-                     f"one simulated worker, seed {sim['seed']}:")
+                     f"one simulated {PROFILE} worker, seed {sim['seed']}:")
         lines.append(f"  {'policy':<11} {'p50 s':>8} {'p99 s':>8} {'r8 p50':>8} {'r128 p99':>9} {'squash %':>9}")
         for name, r in sim["policies"].items():
             lines.append(f"  {name:<11} {r['ttft_p50_s']:8.3f} {r['ttft_p99_s']:8.3f} "

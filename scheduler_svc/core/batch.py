@@ -36,10 +36,18 @@ class RoundParams:
     bypass: bool = True
     bypass_scan: int = 8
     bypass_margin: float = 1.25
+    max_wait_s: float | None = None     # bounded wait (aging); None: off
+    # ... and never before service_aging x the head's own processing time at low load
+    # (prompt x aging_prefill_s + predicted output x aging_decode_s)
+    service_aging: float = 0.0
+    aging_prefill_s: float = 0.0
+    aging_decode_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.bypass_scan < 0 or self.bypass_margin < 1.0:
             raise ValueError(f"bypass_scan must be >= 0 and bypass_margin >= 1, got {self}")
+        if self.max_wait_s is not None and not self.max_wait_s >= 0:
+            raise ValueError(f"max_wait_s must be >= 0 or None, got {self.max_wait_s}")
 
 
 def form_batch(wq: WorkerQueues, view: WorkerView, now: float,
@@ -76,6 +84,7 @@ class _Round:
                     self.remaining[q] -= self._admit(prev, q)
                 elif self.params.bypass:
                     self._block(prev)
+        self._admit_aged()
         spare = 0
         for q in range(len(wq.queues)):  # phase 1
             self.remaining[q] -= self._drain(q, self.remaining[q])
@@ -91,6 +100,37 @@ class _Round:
             used = self._drain(q, own, spare)
             spare -= max(0, used - own)
             self.remaining[q] = own - min(used, own)
+
+    def _admit_aged(self) -> None:
+        """Bounded wait: while some queue head has waited max_wait_s or more -- and at least
+        service_aging x its own processing time at low load, so that a long request that came
+        just before a burst of short ones does not take their place (the paper's head-of-line
+        case) -- the oldest such head goes first, whatever its queue's quota; one that does
+        not fit the memory becomes the blocker (others then pass it only by the bypass rule)."""
+        p = self.params
+        if p.max_wait_s is None:
+            return
+        wq = self.wq
+        while self.room.slots > 0:
+            aged = [(e.req.arrival, e.seq, q, e) for q in range(len(wq.queues))
+                    if (e := wq.head(q)) is not None and self.now - e.req.arrival
+                    >= max(p.max_wait_s, p.service_aging * self._alone_s(e))]
+            if not aged:
+                return
+            arrival, _, q, e = min(aged, key=lambda h: (h[0], h[1]))
+            if e is self.blocker:
+                return
+            if not self.room.fits(e.req):
+                if self.params.bypass and self.blocker is None:
+                    self._block(e)
+                return
+            if not self._may_go(e):
+                return
+            self.remaining[q] -= self._admit(e, q)
+
+    def _alone_s(self, e: Entry) -> float:
+        r, p = e.req, self.params
+        return r.input_tokens * p.aging_prefill_s + (r.predicted_output or r.max_tokens) * p.aging_decode_s
 
     def _may_go(self, e: Entry) -> bool:
         """With a blocker waiting, only requests that end before its memory frees may start."""

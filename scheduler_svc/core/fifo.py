@@ -16,7 +16,7 @@ from .types import Admission, AdmissionPolicy, Clock, PendingRequest, WorkerView
 def pick_worker(req: PendingRequest, workers: list[WorkerView]) -> WorkerView | None:
     """Prefer a worker that has the adapter cached or loading, then the least loaded."""
     fits = [w for w in workers if w.connected and w.free_tokens >= req.reserved_tokens
-            and w.running < w.max_running]
+            and w.running < w.max_running and (w.max_waiting <= 0 or w.waiting < w.max_waiting)]
     if not fits:
         return None
 
@@ -50,6 +50,7 @@ class OrderedAdmission(AdmissionPolicy):
             self._pop_head()
             w.free_tokens -= head.reserved_tokens
             w.running += 1
+            w.waiting += 1
             out.append(Admission(head, w.worker_id))
         return out
 

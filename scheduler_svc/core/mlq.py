@@ -70,6 +70,8 @@ class Room:
     def __init__(self, view: WorkerView):
         self.tokens = view.free_tokens
         self.slots = view.max_running - view.running
+        if view.max_waiting > 0:
+            self.slots = min(self.slots, view.max_waiting - view.waiting)
         self.page_bytes, self.block = view.page_bytes, max(1, view.block_tokens)
         self.bytes = view.free_bytes + view.evictable_bytes if view.page_bytes > 0 else math.inf
         self.warm = set(view.cached_adapters) | set(view.loading_adapters)

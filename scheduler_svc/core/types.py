@@ -38,6 +38,13 @@ class WorkerView:
     free_tokens: int                # capacity not reserved by admitted requests
     running: int = 0                # admitted, unfinished requests
     max_running: int = 64           # batch slots
+    # Admission window: requests admitted there that have not started yet (parked for an
+    # adapter or ready), and how many the worker wants at most (0: no limit). A scheduler
+    # that hands a worker more than it can start soon moves the queue into the worker's
+    # FIFO, where no policy orders it (S-LoRA and the paper pick each iteration's requests
+    # in the engine loop itself).
+    waiting: int = 0
+    max_waiting: int = 0
     cached_adapters: set[str] = field(default_factory=set)
     loading_adapters: set[str] = field(default_factory=set)
     evictable_bytes: int = 0        # idle cached adapters' bytes

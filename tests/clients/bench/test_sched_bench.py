@@ -32,7 +32,7 @@ def test_queue_length_stays_put_while_rounds_are_timed():
 
 
 def test_simulated_comparison_is_labelled_and_covers_every_policy():
-    sim = simulated_ttft(num_requests=150, rate_rps=3.0)
+    sim = simulated_ttft(duration_s=30.0, rate_rps=4.0)
     assert sim["label"] == "simulated"
     assert set(sim["policies"]) == set(POLICY_NAMES)
     for r in sim["policies"].values():

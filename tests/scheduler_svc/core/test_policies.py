@@ -8,7 +8,7 @@ import pytest
 
 from scheduler_svc.core.chameleon import ChameleonConfig, ChameleonPolicy
 from scheduler_svc.core.policies import POLICY_NAMES, make_policy
-from scheduler_svc.core.sim import FakeClock
+from sim.des import VirtualClock as FakeClock
 from scheduler_svc.core.types import PendingRequest, WorkerView
 
 
