@@ -107,8 +107,15 @@ class AdapterCatalog:
 
     # -- reading ----------------------------------------------------------------
     async def list(self) -> list[AdapterRecord]:
-        names = sorted({o.key.split("/", 1)[0] for o in await self.backend.list("")
-                        if _is_entry(o.key)})
+        """Every adapter's latest record, from one LIST of the whole backend."""
+        objects = await self.backend.list("")
+        now = self._clock()
+        by_name: dict[str, list[ObjectInfo]] = {}
+        for o in objects:
+            by_name.setdefault(o.key.split("/", 1)[0], []).append(o)
+        names = sorted({o.key.split("/", 1)[0] for o in objects if _is_entry(o.key)})
+        for n in names:
+            self._listings[n] = _parse_listing(n, by_name[n], now)
         out = []
         for n in names:
             try:
@@ -160,16 +167,7 @@ class AdapterCatalog:
             if hit is not None:
                 return hit  # stale if error: what was there a moment ago still is, most likely
             raise
-        listing = _Listing(now, {}, {})
-        vp = version_prefix(name)
-        for o in objects:
-            rest = o.key[len(name) + 1:]
-            if rest in ADAPTER_FILES:
-                listing.plain[rest] = o
-            elif o.key.startswith(vp) and o.key.endswith("/" + MANIFEST_FILE):
-                v = o.key[len(vp):-len(MANIFEST_FILE) - 1]
-                if v.isdigit() and not v.startswith("0"):
-                    listing.manifests[int(v)] = o
+        listing = _parse_listing(name, objects, now)
         self._listings[name] = listing
         return listing
 
@@ -321,6 +319,20 @@ class AdapterCatalog:
                 deleted.append(ref.name)
             self.forget(ref.name)
         return deleted
+
+
+def _parse_listing(name: str, objects: list[ObjectInfo], now: float) -> _Listing:
+    listing = _Listing(now, {}, {})
+    vp = version_prefix(name)
+    for o in objects:
+        rest = o.key[len(name) + 1:]
+        if rest in ADAPTER_FILES:
+            listing.plain[rest] = o
+        elif o.key.startswith(vp) and o.key.endswith("/" + MANIFEST_FILE):
+            v = o.key[len(vp):-len(MANIFEST_FILE) - 1]
+            if v.isdigit() and not v.startswith("0"):
+                listing.manifests[int(v)] = o
+    return listing
 
 
 def _is_entry(key: str) -> bool:

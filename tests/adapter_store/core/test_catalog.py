@@ -218,3 +218,19 @@ async def test_local_folder_backend_refuses_symlinks_out_of_the_root(tmp_path):
     rec = await cat.push("b", files())
     assert (root / "b" / "versions" / "1" / "manifest.json").exists()
     assert (await cat.stat("b")).sha256 == rec.sha256
+
+
+async def test_list_costs_one_backend_listing():
+    be = MemoryBackend()
+    for n in ("a", "b", "c"):
+        await put_plain(be, n, files())
+    calls = []
+    orig = be.list
+
+    async def spy(prefix=""):
+        calls.append(prefix)
+        return await orig(prefix)
+    be.list = spy
+    cat = AdapterCatalog(be, only_4x8_float, stat_ttl_s=60)
+    assert [r.adapter_id for r in await cat.list()] == ["a", "b", "c"]
+    assert calls == [""]
