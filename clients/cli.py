@@ -58,7 +58,8 @@ def _registry(a: argparse.Namespace) -> int:
     auth = a.auth_token_file.read_text().strip() if getattr(a, "auth_token_file", None) else None
 
     async def go() -> int:
-        async with StoreClient(a.store, admin_token=admin, auth_token=auth) as c:
+        async with StoreClient(a.store, admin_token=admin, auth_token=auth, tls_ca=a.tls_ca,
+                               tls_cert=a.tls_cert, tls_key=a.tls_key) as c:
             try:
                 if a.adapters_cmd == "push":
                     info = await c.push(a.dir, a.name)
@@ -155,6 +156,9 @@ def _registry_parsers(p: argparse.ArgumentParser) -> None:
             q.add_argument("--admin-token-file", type=Path,
                            help="the store's admin token (needed when it runs with one)")
         q.add_argument("--auth-token-file", type=Path, help="the deployment token, if any")
+        q.add_argument("--tls-ca", type=Path, help="TLS: the CA of the store's certificate")
+        q.add_argument("--tls-cert", type=Path, help="mutual TLS: this client's certificate")
+        q.add_argument("--tls-key", type=Path, help="mutual TLS: its private key")
         q.set_defaults(func=_registry)
 
 

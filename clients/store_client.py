@@ -27,10 +27,20 @@ class StoreError(Exception):
 
 class StoreClient:
     def __init__(self, address: str, *, admin_token: str | None = None,
-                 auth_token: str | None = None, channel: grpc.aio.Channel | None = None):
-        self.channel = channel or grpc.aio.insecure_channel(
-            address, options=[("grpc.max_send_message_length", 64 << 20),
-                              ("grpc.max_receive_message_length", 64 << 20)])
+                 auth_token: str | None = None, channel: grpc.aio.Channel | None = None,
+                 tls_ca: Path | None = None, tls_cert: Path | None = None,
+                 tls_key: Path | None = None):
+        """TLS when `tls_ca` is given (the CA that signed the store's certificate); mutual TLS
+        when `tls_cert`/`tls_key` are given too."""
+        options = [("grpc.max_send_message_length", 64 << 20),
+                   ("grpc.max_receive_message_length", 64 << 20)]
+        if channel is None and tls_ca is not None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=Path(tls_ca).read_bytes(),
+                private_key=Path(tls_key).read_bytes() if tls_key else None,
+                certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None)
+            channel = grpc.aio.secure_channel(address, creds, options=options)
+        self.channel = channel or grpc.aio.insecure_channel(address, options=options)
         self.stub = store_pb2_grpc.AdapterStoreStub(self.channel)
         md = []
         if auth_token:
