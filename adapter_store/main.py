@@ -94,11 +94,17 @@ async def serve(cfg: StoreConfig) -> None:
     catalog = AdapterCatalog(backend, make_validator(cfg.base_model), chunk_bytes=cfg.chunk_bytes,
                              stat_ttl_s=cfg.stat_ttl_s,
                              limits=PushLimits(max_weights_bytes=cfg.max_adapter_bytes))
-    service = AdapterStoreService(catalog, HotCache(cfg.hot_cache_bytes), admin_token=cfg.admin_token)
+    from chameleon_common.tracing import setup_tracing, shutdown_tracing
+
+    service = AdapterStoreService(catalog, HotCache(cfg.hot_cache_bytes), admin_token=cfg.admin_token,
+                                  tracer=setup_tracing("chameleon-store"))
     server = Server(cfg.host, cfg.port, ["chameleon.v1.AdapterStore"])
     store_pb2_grpc.add_AdapterStoreServicer_to_server(service, server.server)
     log.info("adapter store: %s (base model %s)", backend.describe(), cfg.base_model)
-    await server.run(port_file=cfg.port_file, grace_s=cfg.grace_s)
+    try:
+        await server.run(port_file=cfg.port_file, grace_s=cfg.grace_s)
+    finally:
+        shutdown_tracing()
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:

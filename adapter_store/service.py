@@ -9,11 +9,13 @@ resumed stream ABORTED, and push/delete without the admin token UNAUTHENTICATED.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 
 import grpc
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from adapter_store.core.backends import BackendUnavailable, InvalidKey, ObjectMissing
 from adapter_store.core.catalog import (AdapterCatalog, AdapterInvalid, AdapterNotFound,
@@ -21,6 +23,7 @@ from adapter_store.core.catalog import (AdapterCatalog, AdapterInvalid, AdapterN
 from adapter_store.core.hot_cache import HotCache
 from adapter_store.core.refs import ADAPTER_FILES
 from adapter_store.core.streaming import AdapterCorrupt, stream_adapter
+from chameleon_common.tracing import from_grpc
 from chameleon.v1 import common_pb2, store_pb2, store_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -43,8 +46,9 @@ def record_to_proto(rec: AdapterRecord) -> common_pb2.AdapterInfo:
 
 class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
     def __init__(self, catalog: AdapterCatalog, hot: HotCache | None = None,
-                 admin_token: str | None = None, readahead: int = 4):
+                 admin_token: str | None = None, readahead: int = 4, tracer=None):
         self.catalog = catalog
+        self.tracer = tracer
         self.hot = hot if hot is not None else HotCache(0)
         self._admin_token = admin_token
         self.readahead = readahead
@@ -55,6 +59,26 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
         for q in list(self._watchers):
             if q.qsize() < 1000:   # a watcher that stopped reading loses events, not memory
                 q.put_nowait(ev)
+
+    @contextlib.contextmanager
+    def _span(self, name: str, context, adapter_id: str):
+        """A server span for a call made on a request's behalf (a child of the caller's span,
+        whose context comes in the call's metadata). Not made current: FetchAdapter is a
+        generator, and context set in one step of it must not leak into the next."""
+        if self.tracer is None:
+            yield None
+            return
+        span = self.tracer.start_span(
+            f"chameleon.v1.AdapterStore/{name}", context=from_grpc(context), kind=SpanKind.SERVER,
+            attributes={"chameleon.adapter_id": adapter_id})
+        try:
+            yield span
+        except BaseException as e:
+            code = context.code() if hasattr(context, "code") else None
+            span.set_status(Status(StatusCode.ERROR, f"{code or type(e).__name__}: {context.details() or e}"))
+            raise
+        finally:
+            span.end()
 
     async def _abort_for(self, e: Exception, ref: str, context) -> None:
         if isinstance(e, (InvalidAdapterId, InvalidKey)):
@@ -96,10 +120,23 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
         return common_pb2.ListAdaptersResponse(adapters=[record_to_proto(r) for r in recs])
 
     async def StatAdapter(self, request, context):
-        return record_to_proto(await self._stat(request.adapter_id, context))
+        with self._span("StatAdapter", context, request.adapter_id):
+            return record_to_proto(await self._stat(request.adapter_id, context))
 
     async def FetchAdapter(self, request, context):
+        with self._span("FetchAdapter", context, request.adapter_id) as span:
+            sent = 0
+            async for chunk in self._fetch(request, context, span):
+                sent += len(chunk.data)
+                yield chunk
+            if span is not None:
+                span.set_attribute("chameleon.bytes", sent)
+
+    async def _fetch(self, request, context, span):
         rec = await self._stat(request.adapter_id, context)
+        if span is not None:
+            span.set_attributes({"chameleon.digest": rec.sha256,
+                                 "chameleon.resume_offset": request.resume_offset})
         if not rec.valid:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"adapter {rec.adapter_id!r} cannot be served: {rec.invalid_reason}")

@@ -11,7 +11,10 @@ from typing import AsyncIterator
 
 import grpc
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from chameleon_common.server import CHANNEL_OPTIONS
+from chameleon_common.tracing import breakdown_attributes, grpc_metadata, span_context
 from chameleon.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 FINISH_NAMES = {common_pb2.FINISH_REASON_EOS: "eos", common_pb2.FINISH_REASON_LENGTH: "length",
@@ -36,11 +39,16 @@ class Chunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    trace_id: str = ""                    # on the first chunk, when the request is traced
 
 
 class ChameleonClient:
-    def __init__(self, address: str):
+    """`tracer` (an OpenTelemetry tracer): each generate() starts its trace with a client
+    span. Without one, a trace context the caller passes (or has current) is propagated."""
+
+    def __init__(self, address: str, tracer=None):
         self.address = address
+        self.tracer = tracer
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
@@ -57,10 +65,12 @@ class ChameleonClient:
                        temperature: float = 0.0, top_p: float | None = None,
                        seed: int | None = None, stop: list[str] | None = None,
                        min_tokens: int = 0, ignore_eos: bool = False,
-                       request_id: str = "", timeout: float | None = None) -> AsyncIterator[Chunk]:
+                       request_id: str = "", timeout: float | None = None,
+                       trace_context=None) -> AsyncIterator[Chunk]:
         """Streams the completion. `min_tokens`: EOS and stop strings cannot end it earlier;
         `ignore_eos`: EOS tokens are generated like any other, only max_tokens or a stop
-        string ends it."""
+        string ends it. `trace_context` (an OpenTelemetry Context; default: the current one)
+        is the parent of the request's trace."""
         params = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                            stop=stop or [], min_tokens=min_tokens,
                                            ignore_eos=ignore_eos)
@@ -70,21 +80,42 @@ class ChameleonClient:
             params.seed = seed
         req = scheduler_pb2.GenerateRequest(prompt=prompt, adapter_id=adapter or "", params=params,
                                             request_id=request_id)
-        call = self._stub.Generate(req, timeout=timeout)
+        span = None
+        if self.tracer is not None:
+            span = self.tracer.start_span("chameleon.v1.Scheduler/Generate", context=trace_context,
+                                          kind=SpanKind.CLIENT,
+                                          attributes={"chameleon.adapter_id": adapter or ""})
+            trace_context = span_context(span)
+        call = self._stub.Generate(req, timeout=timeout, metadata=grpc_metadata(trace_context))
+        last: dict[str, float] = {}
         try:
             async for r in call:
                 timings = {}
                 if r.HasField("timings"):
                     t = r.timings
                     timings = {"queue_ms": t.queue_ms, "adapter_load_ms": t.adapter_load_ms,
-                               "prefill_ms": t.prefill_ms, "ttft_ms": t.ttft_ms, "total_ms": t.total_ms}
+                               "adapter_fetch_ms": t.adapter_fetch_ms, "prefill_ms": t.prefill_ms,
+                               "ttft_ms": t.ttft_ms, "total_ms": t.total_ms,
+                               "tbt_p99_ms": t.tbt_p99_ms}
+                    last = timings
                 yield Chunk(r.request_id, r.text, list(r.token_ids),
                             FINISH_NAMES.get(r.finish_reason), r.prompt_tokens,
-                            r.completion_tokens, timings)
+                            r.completion_tokens, timings, r.trace_id)
+                if span is not None and r.finish_reason:
+                    span.set_attributes(breakdown_attributes(
+                        ttft_ms=last.get("ttft_ms", 0.0), queue_ms=last.get("queue_ms", 0.0),
+                        adapter_wait_ms=last.get("adapter_load_ms", 0.0),
+                        adapter_fetch_ms=last.get("adapter_fetch_ms", 0.0),
+                        prefill_ms=last.get("prefill_ms", 0.0), tbt_p99_ms=last.get("tbt_p99_ms", 0.0),
+                        output_tokens=r.completion_tokens))
         except grpc.aio.AioRpcError as e:
+            if span is not None:
+                span.set_status(Status(StatusCode.ERROR, f"{e.code().name}: {e.details()}"))
             raise ChameleonError(e.code(), e.details() or "") from None
         finally:
             call.cancel()  # leaving the loop early cancels the generation server-side
+            if span is not None:
+                span.end()
 
     async def complete(self, prompt: str, **kw) -> tuple[str, list[int], str | None]:
         """The whole completion: (text, token ids, finish reason)."""

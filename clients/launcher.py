@@ -48,6 +48,8 @@ class ClusterSpec:
     startup_timeout_s: float = 180.0
     env: dict[str, str] = field(default_factory=dict)   # extra environment for every service
     store_args: list[str] = field(default_factory=list)  # e.g. SeaweedFS.store_args()
+    # extra environment for one kind of service: "store", "worker" (every worker), "scheduler"
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class Cluster:
@@ -78,7 +80,9 @@ class Cluster:
         port_file = self.dir / f"{name}.port"
         port_file.unlink(missing_ok=True)
         log_path = self.dir / f"{name}.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.spec.env)
+        kind = "worker" if name.startswith("worker") else name
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.spec.env,
+                   **self.spec.service_env.get(kind, {}))
         cmd = [sys.executable, "-m", module, "--port", str(port), "--port-file", str(port_file), *args]
         popen = subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env)
         p = Proc(name, popen, port_file, log_path)

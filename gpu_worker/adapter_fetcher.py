@@ -121,14 +121,17 @@ class AdapterFetcher:
         self.last_stats: FetchStats | None = None
         self.fetches = 0
 
-    async def fetch(self, adapter_id: str) -> FetchedAdapter:
+    async def fetch(self, adapter_id: str, metadata: tuple[tuple[str, str], ...] = ()) -> FetchedAdapter:
+        """`metadata` goes with every attempt's call, after the fetcher's own (the fetch span's
+        trace context)."""
         start = self._clock()
         deadline = start + self.retry.deadline_s
         stats = FetchStats()
         part = _Partial()
         helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fetch-{adapter_id}"[:15])
         try:
-            await self._attempts(adapter_id, part, stats, start, deadline, helper)
+            await self._attempts(adapter_id, part, stats, start, deadline, helper,
+                                 self.metadata + tuple(metadata))
         finally:
             await part.settle()
             helper.shutdown(wait=False)
@@ -145,13 +148,14 @@ class AdapterFetcher:
         return FetchedAdapter(adapter_id, part.digest, files, stats)
 
     async def _attempts(self, adapter_id: str, part: _Partial, stats: FetchStats, start: float,
-                        deadline: float, helper: ThreadPoolExecutor) -> None:
+                        deadline: float, helper: ThreadPoolExecutor,
+                        metadata: tuple[tuple[str, str], ...]) -> None:
         backoff = self.retry.initial_backoff_s
         last_error = "no attempt made"
         while True:
             stats.attempts += 1
             try:
-                if await self._stream(adapter_id, part, stats, start, deadline, helper):
+                if await self._stream(adapter_id, part, stats, start, deadline, helper, metadata):
                     return
                 last_error = "the stream ended before every file was complete"
             except AdapterFetchError:
@@ -177,7 +181,8 @@ class AdapterFetcher:
             backoff = min(backoff * 2, self.retry.max_backoff_s)
 
     async def _stream(self, adapter_id: str, part: _Partial, stats: FetchStats, start: float,
-                      deadline: float, helper: ThreadPoolExecutor) -> bool:
+                      deadline: float, helper: ThreadPoolExecutor,
+                      metadata: tuple[tuple[str, str], ...] = ()) -> bool:
         """One attempt; True once every file arrived and verified."""
         await part.settle()
         loop = asyncio.get_running_loop()
@@ -186,7 +191,7 @@ class AdapterFetcher:
                                             resume_file=resume_file, resume_offset=resume_offset,
                                             expect_sha256=part.digest)
         call = self.stub.FetchAdapter(req, timeout=max(0.1, deadline - self._clock()),
-                                      metadata=self.metadata or None)
+                                      metadata=metadata or None)
         complete = False
         async for c in call:
             if not part.digest:

@@ -177,7 +177,9 @@ async def serve(cfg: WorkerConfig) -> None:
         eos_token_ids=list(mc.eos_token_ids), device=device, page_bytes=engine.pool.page_bytes,
         cache_policy=cfg.cache_policy)
     fetcher = AdapterFetcher(cfg.store, retry=RetryPolicy(deadline_s=cfg.adapter_fetch_deadline_s))
-    service = WorkerService(engine, fetcher, info)
+    from chameleon_common.tracing import setup_tracing, shutdown_tracing
+
+    service = WorkerService(engine, fetcher, info, tracer=setup_tracing("chameleon-worker"))
     server = Server(cfg.host, cfg.port, ["chameleon.v1.Worker"])
     from chameleon.v1 import worker_pb2_grpc
     worker_pb2_grpc.add_WorkerServicer_to_server(service, server.server)
@@ -189,6 +191,7 @@ async def serve(cfg: WorkerConfig) -> None:
     finally:
         service.thread.stop()
         await fetcher.close()
+        shutdown_tracing()
 
 
 def main(argv: list[str] | None = None) -> None:

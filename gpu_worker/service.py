@@ -20,6 +20,7 @@ from gpu_worker.core.lora import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter
 from gpu_worker.core.sequence import Finish, SamplingSpec, Sequence
 from gpu_worker.core.unified_pool import StagedAdapter, stage_adapter
 from gpu_worker.engine_thread import EngineCallbacks, EngineThread
+from gpu_worker.request_trace import FetchLog, RequestSpans, WorkerTraces
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,12 @@ class _Request:
     seq: Sequence
     stream: _Stream
     admitted_at: float
+    spans: RequestSpans | None = None
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
     def __init__(self, engine: Engine, fetcher: AdapterFetcher, info: worker_pb2.WorkerInfo,
-                 state_interval_s: float = 0.25):
+                 state_interval_s: float = 0.25, tracer=None):
         self.engine = engine
         self.fetcher = fetcher
         self.info = info
@@ -53,6 +55,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             need_fetch=self._hop(self._start_fetches), adapter_failed=self._hop(self._adapter_failed)))
         self._fetches: dict[str, asyncio.Task] = {}
         self._requests: dict[str, _Request] = {}
+        self.fetch_log = FetchLog()
+        self.traces = WorkerTraces(tracer, info.worker_id) if tracer is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -106,7 +110,17 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def _tick(self, stream: _Stream) -> None:
         while True:
             stream.out.put_nowait(worker_pb2.WorkerEvent(state=self.state()))
+            if self.traces is not None:
+                self._trace_resident()
             await asyncio.sleep(self.state_interval_s)
+
+    def _trace_resident(self) -> None:
+        """End load spans of adapters no waiting request reports on (prefetches)."""
+        cache = self.engine.memory.cache
+        for aid in self.traces.open_loads():
+            e = cache.entry(aid)   # a dict read; the engine thread owns the cache
+            if e is not None and e.loaded:
+                self.traces.resident(aid, e.ready_at)
 
     def state(self) -> worker_pb2.WorkerState:
         snap = self.thread.snapshot
@@ -152,7 +166,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             return
         seq = Sequence(rid, list(a.prompt_token_ids), spec, adapter_id=a.adapter_id or None,
                        arrival=time.monotonic())
-        self._requests[rid] = _Request(seq, stream, time.monotonic())
+        req = self._requests[rid] = _Request(seq, stream, time.monotonic())
+        if self.traces is not None:
+            req.spans = self.traces.admitted(rid, a.trace_context, seq.adapter_id, len(seq.prompt_ids))
         stream.requests.add(rid)
         self.thread.submit(seq)
 
@@ -164,20 +180,39 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     async def _fetch(self, aid: str) -> None:
         """One fetch per adapter, shared by every request waiting for it (see _start_fetches)."""
+        spans = self.traces.fetch_started(aid, self._trigger(aid)) if self.traces else None
         try:
-            fetched = await self.fetcher.fetch(aid)
+            t0 = time.monotonic()
+            fetched = await self.fetcher.fetch(aid, spans.metadata if spans else ())
+            self.fetch_log.record(aid, t0, time.monotonic())
+            if spans is not None:
+                spans.fetched(fetched.stats.nbytes, fetched.digest)
             staged = await asyncio.to_thread(self._stage, fetched)
+            if spans is not None:
+                spans.staged(self.engine.memory.storage.layout(staged).num_pages)
         except AdapterFetchError as e:
-            self.thread.adapter_failed(aid, e.code, e.message)
+            self._fetch_failed(spans, aid, e.code, e.message)
         except ValueError as e:  # the adapter does not fit the base model
-            self.thread.adapter_failed(aid, grpc.StatusCode.FAILED_PRECONDITION, f"adapter {aid!r}: {e}")
+            self._fetch_failed(spans, aid, grpc.StatusCode.FAILED_PRECONDITION, f"adapter {aid!r}: {e}")
         except Exception as e:  # never leave requests parked on a load that died
             log.exception("loading adapter %s failed", aid)
-            self.thread.adapter_failed(aid, grpc.StatusCode.INTERNAL, f"adapter {aid!r}: {e}")
+            self._fetch_failed(spans, aid, grpc.StatusCode.INTERNAL, f"adapter {aid!r}: {e}")
         else:
             self.thread.install(staged)
         finally:
             self._fetches.pop(aid, None)
+
+    def _fetch_failed(self, spans, aid: str, code: grpc.StatusCode, message: str) -> None:
+        if spans is not None:
+            spans.failed(message)
+        self.thread.adapter_failed(aid, code, message)
+
+    def _trigger(self, aid: str) -> RequestSpans | None:
+        """The oldest request here still waiting for adapter `aid` (its trace owns the fetch)."""
+        for req in self._requests.values():
+            if req.seq.adapter_id == aid and req.seq.first_token_at is None and req.spans:
+                return req.spans
+        return None
 
     def _stage(self, fetched: FetchedAdapter) -> StagedAdapter:
         """Host staging memory -> a staged adapter the engine thread copies into pool pages."""
@@ -202,6 +237,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     def _fail(self, req: _Request, code: grpc.StatusCode, msg: str) -> None:
         self._error(req.stream, req.seq.request_id, code, msg)
+        if req.spans is not None and req.seq.request_id in self._requests:
+            self.traces.finished(req.spans, req.seq, "ERROR", f"{code.name}: {msg}")
         self._forget(req)
 
     def _forget(self, req: _Request) -> None:
@@ -212,7 +249,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     def _timings(self, req: _Request) -> common_pb2.Timings:
         s = req.seq
-        return common_pb2.Timings(adapter_load_ms=s.adapter_wait_s * 1000.0, prefill_ms=s.prefill_ms)
+        fetch_ms = (self.fetch_log.overlap_ms(s.adapter_id, s.arrival, s.arrival + s.adapter_wait_s)
+                    if s.adapter_id else 0.0)
+        return common_pb2.Timings(adapter_load_ms=s.adapter_wait_s * 1000.0, prefill_ms=s.prefill_ms,
+                                  adapter_fetch_ms=fetch_ms)
 
     def _finish(self, req: _Request, finish: Finish, text: str) -> None:
         if req.seq.request_id not in self._requests:
@@ -220,6 +260,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         req.stream.out.put_nowait(worker_pb2.WorkerEvent(completion=worker_pb2.Completion(
             request_id=req.seq.request_id, finish_reason=_FINISH[finish],
             completion_tokens=len(req.seq.output_ids), timings=self._timings(req), text=text)))
+        if req.spans is not None:
+            self.traces.finished(req.spans, req.seq, finish.name)
         self._forget(req)
 
     # -- engine thread results (already hopped onto the event loop) -----------
@@ -233,6 +275,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     request_id=ev.seq.request_id, token_ids=ev.token_ids,
                     text=ev.text if ev.finish is None else "",
                     timings=self._timings(req) if ev.first else None)))
+                if ev.first and req.spans is not None:
+                    self.traces.first_token(req.spans, ev.seq, time.monotonic())
                 if ev.finish is not None:
                     self._finish(req, ev.finish, ev.text)
             elif ev.finish is not None:

@@ -15,6 +15,7 @@ from chameleon.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, store_pb
 from scheduler_svc.core.hints import HintConfig, HintThrottle
 from scheduler_svc.core.lifecycle import Lifecycle, RequestBook
 from scheduler_svc.core.types import AdmissionPolicy, PendingRequest
+from scheduler_svc.request_trace import RequestTrace, p99
 from scheduler_svc.worker_link import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ class _Live:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     first_ttft: float = 0.0
     first_token_at: float | None = None
+    trace: RequestTrace | None = None
+    first_timings: common_pb2.Timings | None = None   # the worker's, on the first token
+    token_gaps_ms: list[float] = field(default_factory=list)
+    last_token_at: float | None = None
 
     @property
     def pending(self) -> PendingRequest:
@@ -95,16 +100,17 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no worker is connected; retry later")
         return ready[0]
 
-    async def _adapter_info(self, adapter_id: str, context) -> common_pb2.AdapterInfo:
+    async def _adapter_info(self, adapter_id: str, context, metadata=()) -> common_pb2.AdapterInfo:
         try:
             return await self.store.StatAdapter(store_pb2.StatAdapterRequest(adapter_id=adapter_id),
-                                                timeout=10)
+                                                timeout=10, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 await context.abort(e.code(), e.details())
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"adapter store: {e.details()}")
 
-    async def _validate(self, request, context) -> tuple[worker_pb2.Admit, PendingRequest]:
+    async def _validate(self, request, context, trace: RequestTrace | None
+                        ) -> tuple[worker_pb2.Admit, PendingRequest]:
         p = request.params
         bad = None
         if not request.prompt:
@@ -128,7 +134,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         # `name` resolves to its latest version (`name@n`): the workers cache immutable versions
         adapter_id = request.adapter_id
         if request.adapter_id:
-            info = await self._adapter_info(request.adapter_id, context)
+            info = await self._adapter_info(request.adapter_id, context,
+                                            trace.store_metadata() if trace else ())
             if not info.valid:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                     f"adapter {request.adapter_id!r} does not fit the base model: "
@@ -161,9 +168,23 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     # -- rpc ------------------------------------------------------------------
     async def Generate(self, request, context):
-        admit, pending = await self._validate(request, context)
+        trace = None
+        if self.tracer is not None:
+            from chameleon_common.tracing import from_grpc
+
+            trace = RequestTrace(self.tracer, from_grpc(context), request.request_id,
+                                 request.adapter_id)
+        try:
+            admit, pending = await self._validate(request, context, trace)
+        except BaseException:
+            if trace is not None:
+                trace.failed(str(context.code() or "CANCELLED"), context.details() or "")
+            raise
         rid = pending.request_id
-        live = _Live(self.book.add(pending), admit)
+        live = _Live(self.book.add(pending), admit, trace=trace)
+        if trace is not None:
+            trace.root.set_attribute("chameleon.request_id", rid)
+            trace.queued(pending.input_tokens, 0)
         self._live[rid] = live
         self._kick.set()
         first = True
@@ -172,6 +193,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 kind, payload = await live.events.get()
                 if kind == "error":
                     code, msg = payload
+                    if trace is not None:
+                        trace.failed(code.name, msg)
                     await context.abort(code, msg)
                 now = self.clock()
                 timings = None
@@ -184,38 +207,46 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                     if kind == "done":
                         timings.total_ms = (now - pending.arrival) * 1000.0
                         timings.ttft_ms = live.first_ttft if not first else timings.ttft_ms
+                        timings.tbt_p99_ms = p99(live.token_gaps_ms)
+                        timings.adapter_fetch_ms = (live.first_timings or payload.timings).adapter_fetch_ms
                     else:
                         live.first_ttft = timings.ttft_ms
+                        live.first_timings = payload.timings
+                        timings.adapter_fetch_ms = payload.timings.adapter_fetch_ms
                 if kind == "token":
                     if first:
                         live.first_token_at = now
+                    elif live.last_token_at is not None:
+                        live.token_gaps_ms.append((now - live.last_token_at) * 1000.0)
+                    live.last_token_at = now
                     first = False
                     yield scheduler_pb2.GenerateResponse(
                         request_id=rid, text=payload.text, token_ids=payload.token_ids,
                         timings=timings, prompt_tokens=pending.input_tokens,
-                        completion_tokens=live.lc.sent_tokens)
+                        completion_tokens=live.lc.sent_tokens,
+                        trace_id=trace.trace_id if trace is not None and timings is not None else "")
                 else:
-                    self._trace(live, payload, now)
+                    self._trace_done(live, payload, timings)
                     yield scheduler_pb2.GenerateResponse(
                         request_id=rid, text=payload.text, finish_reason=payload.finish_reason,
                         timings=timings, prompt_tokens=pending.input_tokens,
-                        completion_tokens=live.lc.sent_tokens)
+                        completion_tokens=live.lc.sent_tokens,
+                        trace_id=trace.trace_id if trace is not None else "")
                     return
         finally:
+            if trace is not None and not live.lc.done:
+                trace.failed("CANCELLED", "the client went away")
             self._release(live, cancel=not live.lc.done)
 
-    def _trace(self, live: _Live, done: worker_pb2.Completion, now: float) -> None:
-        if self.tracer is None:
+    def _trace_done(self, live: _Live, done: worker_pb2.Completion, t: common_pb2.Timings) -> None:
+        if live.trace is None:
             return
-        from chameleon_common.tracing import record_request
-
-        p = live.pending
-        record_request(self.tracer, request_id=p.request_id, adapter_id=p.adapter_id,
-                       arrival=p.arrival, admitted=live.lc.admitted_at,
-                       adapter_load_ms=done.timings.adapter_load_ms, prefill_ms=done.timings.prefill_ms,
-                       first_token=live.first_token_at, finished=now, clock_now=self.clock(),
-                       prompt_tokens=p.input_tokens, completion_tokens=live.lc.sent_tokens,
-                       finish=common_pb2.FinishReason.Name(done.finish_reason))
+        w = live.first_timings or done.timings
+        live.trace.finished(queue_ms=t.queue_ms, ttft_ms=t.ttft_ms, fetch_ms=w.adapter_fetch_ms,
+                            wait_ms=w.adapter_load_ms, prefill_ms=w.prefill_ms,
+                            token_gaps_ms=live.token_gaps_ms, output_tokens=live.lc.sent_tokens,
+                            finish=common_pb2.FinishReason.Name(done.finish_reason),
+                            prompt_tokens=live.pending.input_tokens)
 
     async def ListAdapters(self, request, context):
         try:
@@ -255,7 +286,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 rnd = self.book.schedule(self.book.views_for([l.refresh_view() for l in links.values()]))
                 for adm in rnd.admit:
                     self._dispatch(adm.request.request_id, links[adm.worker_id])
-                for rid, wid in rnd.cancel:
+                for rid, wid in rnd.cancel:   # squashed: already re-queued
+                    self._trace_requeue(rid, "squash", wid)
                     self._send_cancel(rid, wid)
                 if rnd.cancel:
                     self._kick.set()
@@ -289,8 +321,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if live is None:
             return
         self._links_by_id[link.view.worker_id] = link
+        if live.trace is not None:
+            p = live.pending
+            live.admit.trace_context.clear()
+            live.admit.trace_context.update(live.trace.dispatched(
+                link.view.worker_id, p.queue_index, p.wrs, p.predicted_output))
         if not link.send(worker_pb2.WorkerCommand(admit=live.admit)):
             self._requeue(rid)
+            self._trace_requeue(rid, "send_failed", link.view.worker_id)
 
     def _send_cancel(self, rid: str, worker_id: str) -> None:
         link = self._links_by_id.get(worker_id)
@@ -304,6 +342,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if wid is not None:
             self._send_cancel(rid, wid)
         self._kick.set()
+
+    def _trace_requeue(self, rid: str, reason: str, worker_id: str | None) -> None:
+        live = self._live.get(rid)
+        if live is not None and live.trace is not None:
+            live.trace.requeued(reason, worker_id, live.lc.sent_tokens)
+            live.trace.queued(live.pending.input_tokens, live.pending.attempts)
 
     def _release(self, live: _Live, cancel: bool) -> None:
         rid = live.pending.request_id
@@ -340,6 +384,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def _on_worker_down(self, link: WorkerLink) -> None:
         for rid in self.book.worker_down(link.view.worker_id):
             log.warning("re-queueing %s: worker %s went away", rid, link.address)
+            self._trace_requeue(rid, "worker_lost", link.view.worker_id)
         self._kick.set()
 
 

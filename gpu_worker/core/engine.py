@@ -204,6 +204,8 @@ class Engine:
         elapsed_ms = (self.clock() - t0) * 1000.0
         for s in plan.prefill:
             s.prefill_ms += elapsed_ms
+            if s.prefill_started_at is None:
+                s.prefill_started_at = t0
         for s, q in zip(plan.seqs, qlens):
             s.num_computed += q
         return logits

@@ -51,6 +51,7 @@ class Sequence:
     arrival: float = 0.0
     ready_at: float | None = None  # adapter resident
     prefill_ms: float = 0.0
+    prefill_started_at: float | None = None   # its first prefill forward pass began
     adapter_wait_s: float = 0.0    # adapter load time on this request's critical path
     first_token_at: float | None = None
     # per-request state owned by the engine

@@ -221,6 +221,7 @@ class WorkerQueues:
     def start(self, e: Entry, q: int, now: float, bypassed: str | None) -> int:
         """Book an admission; returns the tokens it holds against queue q's quota."""
         self.unqueue(e)
+        e.req.wrs, e.req.queue_index = e.wrs, q   # for the request's trace
         charge = self.charge(e)
         self.held[q] += charge
         if e.req.adapter_id:

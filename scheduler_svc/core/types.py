@@ -22,6 +22,8 @@ class PendingRequest:
     arrival: float = 0.0            # clock() when the scheduler received it
     # Filled by the scheduler while the request lives:
     predicted_output: int | None = None
+    wrs: float | None = None        # weighted request size when last admitted (chameleon)
+    queue_index: int | None = None  # the queue it was admitted from (chameleon)
     attempts: int = 0               # >0 after a squash / worker loss re-queue
 
     @property

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hameleon/v1/common.proto\x12\x0c\x63hameleon.v1\"\xa9\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x12\n\nmin_tokens\x18\x1e \x01(\x05\x12\x12\n\nignore_eos\x18\x1f \x01(\x08\x42\x08\n\x06_top_pB\x07\n\x05_seed\"k\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x17\n\x0f\x61\x64\x61pter_load_ms\x18\x02 \x01(\x01\x12\x12\n\nprefill_ms\x18\x03 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"?\n\x0b\x41\x64\x61pterFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xab\x02\n\x0b\x41\x64\x61pterInfo\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x12\n\nlora_alpha\x18\x03 \x01(\x02\x12\x12\n\nuse_rslora\x18\x04 \x01(\x08\x12\x16\n\x0etarget_modules\x18\x05 \x03(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\r\n\x05valid\x18\x08 \x01(\x08\x12\x16\n\x0einvalid_reason\x18\t \x01(\t\x12(\n\x05\x66iles\x18\n \x03(\x0b\x32\x19.chameleon.v1.AdapterFile\x12\x0c\n\x04name\x18( \x01(\t\x12\x0f\n\x07version\x18) \x01(\x03\x12\x10\n\x08versions\x18* \x03(\x03\x12\x14\n\x0c\x63reated_unix\x18+ \x01(\x01\"\x15\n\x13ListAdaptersRequest\"C\n\x14ListAdaptersResponse\x12+\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x19.chameleon.v1.AdapterInfo*\x9a\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hameleon/v1/common.proto\x12\x0c\x63hameleon.v1\"\xa9\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x12\n\nmin_tokens\x18\x1e \x01(\x05\x12\x12\n\nignore_eos\x18\x1f \x01(\x08\x42\x08\n\x06_top_pB\x07\n\x05_seed\"\x99\x01\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x17\n\x0f\x61\x64\x61pter_load_ms\x18\x02 \x01(\x01\x12\x12\n\nprefill_ms\x18\x03 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12\x18\n\x10\x61\x64\x61pter_fetch_ms\x18\x32 \x01(\x01\x12\x12\n\ntbt_p99_ms\x18\x33 \x01(\x01\"?\n\x0b\x41\x64\x61pterFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xab\x02\n\x0b\x41\x64\x61pterInfo\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x12\n\nlora_alpha\x18\x03 \x01(\x02\x12\x12\n\nuse_rslora\x18\x04 \x01(\x08\x12\x16\n\x0etarget_modules\x18\x05 \x03(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\r\n\x05valid\x18\x08 \x01(\x08\x12\x16\n\x0einvalid_reason\x18\t \x01(\t\x12(\n\x05\x66iles\x18\n \x03(\x0b\x32\x19.chameleon.v1.AdapterFile\x12\x0c\n\x04name\x18( \x01(\t\x12\x0f\n\x07version\x18) \x01(\x03\x12\x10\n\x08versions\x18* \x03(\x03\x12\x14\n\x0c\x63reated_unix\x18+ \x01(\x01\"\x15\n\x13ListAdaptersRequest\"C\n\x14ListAdaptersResponse\x12+\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x19.chameleon.v1.AdapterInfo*\x9a\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chameleon.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=784
-  _globals['_FINISHREASON']._serialized_end=938
+  _globals['_FINISHREASON']._serialized_start=831
+  _globals['_FINISHREASON']._serialized_end=985
   _globals['_SAMPLINGPARAMS']._serialized_start=44
   _globals['_SAMPLINGPARAMS']._serialized_end=213
-  _globals['_TIMINGS']._serialized_start=215
-  _globals['_TIMINGS']._serialized_end=322
-  _globals['_ADAPTERFILE']._serialized_start=324
-  _globals['_ADAPTERFILE']._serialized_end=387
-  _globals['_ADAPTERINFO']._serialized_start=390
-  _globals['_ADAPTERINFO']._serialized_end=689
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=691
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=712
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=714
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=781
+  _globals['_TIMINGS']._serialized_start=216
+  _globals['_TIMINGS']._serialized_end=369
+  _globals['_ADAPTERFILE']._serialized_start=371
+  _globals['_ADAPTERFILE']._serialized_end=434
+  _globals['_ADAPTERINFO']._serialized_start=437
+  _globals['_ADAPTERINFO']._serialized_end=736
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=738
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=759
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=761
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=828
 # @@protoc_insertion_point(module_scope)

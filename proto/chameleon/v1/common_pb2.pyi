@@ -39,18 +39,22 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., min_tokens: _Optional[int] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queue_ms", "adapter_load_ms", "prefill_ms", "ttft_ms", "total_ms")
+    __slots__ = ("queue_ms", "adapter_load_ms", "prefill_ms", "ttft_ms", "total_ms", "adapter_fetch_ms", "tbt_p99_ms")
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_LOAD_MS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
     TTFT_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FETCH_MS_FIELD_NUMBER: _ClassVar[int]
+    TBT_P99_MS_FIELD_NUMBER: _ClassVar[int]
     queue_ms: float
     adapter_load_ms: float
     prefill_ms: float
     ttft_ms: float
     total_ms: float
-    def __init__(self, queue_ms: _Optional[float] = ..., adapter_load_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    adapter_fetch_ms: float
+    tbt_p99_ms: float
+    def __init__(self, queue_ms: _Optional[float] = ..., adapter_load_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., adapter_fetch_ms: _Optional[float] = ..., tbt_p99_ms: _Optional[float] = ...) -> None: ...
 
 class AdapterFile(_message.Message):
     __slots__ = ("name", "size_bytes", "sha256")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chameleon.v1 import common_pb2 as chameleon_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hameleon/v1/scheduler.proto\x12\x0c\x63hameleon.v1\x1a\x19\x63hameleon/v1/common.proto\"w\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nadapter_id\x18\x02 \x01(\t\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.chameleon.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xd4\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.chameleon.v1.FinishReason\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.chameleon.v1.Timings\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x05\"\x12\n\x10GetStatusRequest\"\xff\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x03\x12\x13\n\x0b\x66ree_tokens\x18\x06 \x01(\x03\x12\x12\n\nfree_pages\x18\x07 \x01(\x03\x12\x17\n\x0f\x65victable_pages\x18\x08 \x01(\x03\x12\x17\n\x0f\x63\x61\x63hed_adapters\x18\t \x03(\t\x12\x12\n\ncache_hits\x18\n \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x0b \x01(\x03\x12\x11\n\tevictions\x18\x0c \x01(\x03\x12\x14\n\x0c\x62ytes_loaded\x18\r \x01(\x03\x12\x18\n\x10loading_adapters\x18( \x03(\t\x12\x17\n\x0f\x61\x64\x61pter_fetches\x18) \x01(\x03\x12\x19\n\x11\x66\x65tch_bytes_per_s\x18* \x01(\x01\x12\x15\n\rfetch_ttfb_ms\x18+ \x01(\x01\"\xf3\x01\n\x11GetStatusResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\x05\x12\x0f\n\x07running\x18\x03 \x01(\x05\x12+\n\x07workers\x18\x04 \x03(\x0b\x32\x1a.chameleon.v1.WorkerStatus\x12=\n\x07metrics\x18\x05 \x03(\x0b\x32,.chameleon.v1.GetStatusResponse.MetricsEntry\x12\x11\n\tcompleted\x18\x06 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xfd\x01\n\tScheduler\x12K\n\x08Generate\x12\x1d.chameleon.v1.GenerateRequest\x1a\x1e.chameleon.v1.GenerateResponse0\x01\x12U\n\x0cListAdapters\x12!.chameleon.v1.ListAdaptersRequest\x1a\".chameleon.v1.ListAdaptersResponse\x12L\n\tGetStatus\x12\x1e.chameleon.v1.GetStatusRequest\x1a\x1f.chameleon.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hameleon/v1/scheduler.proto\x12\x0c\x63hameleon.v1\x1a\x19\x63hameleon/v1/common.proto\"w\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nadapter_id\x18\x02 \x01(\t\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.chameleon.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xe6\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.chameleon.v1.FinishReason\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.chameleon.v1.Timings\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x05\x12\x10\n\x08trace_id\x18\x32 \x01(\t\"\x12\n\x10GetStatusRequest\"\xff\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x03\x12\x13\n\x0b\x66ree_tokens\x18\x06 \x01(\x03\x12\x12\n\nfree_pages\x18\x07 \x01(\x03\x12\x17\n\x0f\x65victable_pages\x18\x08 \x01(\x03\x12\x17\n\x0f\x63\x61\x63hed_adapters\x18\t \x03(\t\x12\x12\n\ncache_hits\x18\n \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x0b \x01(\x03\x12\x11\n\tevictions\x18\x0c \x01(\x03\x12\x14\n\x0c\x62ytes_loaded\x18\r \x01(\x03\x12\x18\n\x10loading_adapters\x18( \x03(\t\x12\x17\n\x0f\x61\x64\x61pter_fetches\x18) \x01(\x03\x12\x19\n\x11\x66\x65tch_bytes_per_s\x18* \x01(\x01\x12\x15\n\rfetch_ttfb_ms\x18+ \x01(\x01\"\xf3\x01\n\x11GetStatusResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\x05\x12\x0f\n\x07running\x18\x03 \x01(\x05\x12+\n\x07workers\x18\x04 \x03(\x0b\x32\x1a.chameleon.v1.WorkerStatus\x12=\n\x07metrics\x18\x05 \x03(\x0b\x32,.chameleon.v1.GetStatusResponse.MetricsEntry\x12\x11\n\tcompleted\x18\x06 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xfd\x01\n\tScheduler\x12K\n\x08Generate\x12\x1d.chameleon.v1.GenerateRequest\x1a\x1e.chameleon.v1.GenerateResponse0\x01\x12U\n\x0cListAdapters\x12!.chameleon.v1.ListAdaptersRequest\x1a\".chameleon.v1.ListAdaptersResponse\x12L\n\tGetStatus\x12\x1e.chameleon.v1.GetStatusRequest\x1a\x1f.chameleon.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_start=73
   _globals['_GENERATEREQUEST']._serialized_end=192
   _globals['_GENERATERESPONSE']._serialized_start=195
-  _globals['_GENERATERESPONSE']._serialized_end=407
-  _globals['_GETSTATUSREQUEST']._serialized_start=409
-  _globals['_GETSTATUSREQUEST']._serialized_end=427
-  _globals['_WORKERSTATUS']._serialized_start=430
-  _globals['_WORKERSTATUS']._serialized_end=813
-  _globals['_GETSTATUSRESPONSE']._serialized_start=816
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1059
-  _globals['_GETSTATUSRESPONSE_METRICSENTRY']._serialized_start=1013
-  _globals['_GETSTATUSRESPONSE_METRICSENTRY']._serialized_end=1059
-  _globals['_SCHEDULER']._serialized_start=1062
-  _globals['_SCHEDULER']._serialized_end=1315
+  _globals['_GENERATERESPONSE']._serialized_end=425
+  _globals['_GETSTATUSREQUEST']._serialized_start=427
+  _globals['_GETSTATUSREQUEST']._serialized_end=445
+  _globals['_WORKERSTATUS']._serialized_start=448
+  _globals['_WORKERSTATUS']._serialized_end=831
+  _globals['_GETSTATUSRESPONSE']._serialized_start=834
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1077
+  _globals['_GETSTATUSRESPONSE_METRICSENTRY']._serialized_start=1031
+  _globals['_GETSTATUSRESPONSE_METRICSENTRY']._serialized_end=1077
+  _globals['_SCHEDULER']._serialized_start=1080
+  _globals['_SCHEDULER']._serialized_end=1333
 # @@protoc_insertion_point(module_scope)

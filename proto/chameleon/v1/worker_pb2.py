@@ -25,35 +25,39 @@ _sym_db = _symbol_database.Default()
 from chameleon.v1 import common_pb2 as chameleon_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hameleon/v1/worker.proto\x12\x0c\x63hameleon.v1\x1a\x19\x63hameleon/v1/common.proto\"\x95\x01\n\rWorkerCommand\x12$\n\x05\x61\x64mit\x18\x01 \x01(\x0b\x32\x13.chameleon.v1.AdmitH\x00\x12&\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x14.chameleon.v1.CancelH\x00\x12.\n\x08prefetch\x18\x03 \x01(\x0b\x32\x1a.chameleon.v1.PrefetchHintH\x00\x42\x06\n\x04kind\"#\n\x0cPrefetchHint\x12\x13\n\x0b\x61\x64\x61pter_ids\x18\x01 \x03(\t\"w\n\x05\x41\x64mit\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x12\n\nadapter_id\x18\x03 \x01(\t\x12,\n\x06params\x18\x04 \x01(\x0b\x32\x1c.chameleon.v1.SamplingParams\"\x1c\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x10\n\x0eGetInfoRequest\"\x83\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x12\n\nblock_size\x18\x05 \x01(\x05\x12\x13\n\x0btotal_pages\x18\x06 \x01(\x03\x12\x13\n\x0bmax_running\x18\x07 \x01(\x05\x12\x16\n\x0etokenizer_json\x18\x08 \x01(\x0c\x12\x15\n\reos_token_ids\x18\t \x03(\x05\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x12\n\npage_bytes\x18\x0b \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_policy\x18\x0c \x01(\t\"i\n\nTokenEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.chameleon.v1.Timings\"\xa4\x01\n\nCompletion\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.chameleon.v1.FinishReason\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.chameleon.v1.Timings\x12\x0c\n\x04text\x18\x05 \x01(\t\"A\n\x0cRequestError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xd5\x02\n\x0bWorkerState\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0btotal_pages\x18\x02 \x01(\x03\x12\x12\n\nfree_pages\x18\x03 \x01(\x03\x12\x17\n\x0f\x65victable_pages\x18\x04 \x01(\x03\x12\x0f\n\x07running\x18\x05 \x01(\x05\x12\x0f\n\x07waiting\x18\x06 \x01(\x05\x12\x17\n\x0f\x63\x61\x63hed_adapters\x18\x07 \x03(\t\x12\x18\n\x10loading_adapters\x18\x08 \x03(\t\x12\x12\n\ncache_hits\x18\t \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\n \x01(\x03\x12\x11\n\tevictions\x18\x0b \x01(\x03\x12\x14\n\x0c\x62ytes_loaded\x18\x0c \x01(\x03\x12\x17\n\x0f\x61\x64\x61pter_fetches\x18( \x01(\x03\x12\x19\n\x11\x66\x65tch_bytes_per_s\x18) \x01(\x01\x12\x15\n\rfetch_ttfb_ms\x18* \x01(\x01\"\xf4\x01\n\x0bWorkerEvent\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.chameleon.v1.WorkerInfoH\x00\x12)\n\x05token\x18\x02 \x01(\x0b\x32\x18.chameleon.v1.TokenEventH\x00\x12.\n\ncompletion\x18\x03 \x01(\x0b\x32\x18.chameleon.v1.CompletionH\x00\x12+\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1a.chameleon.v1.RequestErrorH\x00\x12*\n\x05state\x18\x05 \x01(\x0b\x32\x19.chameleon.v1.WorkerStateH\x00\x42\x06\n\x04kind2\x92\x01\n\x06Worker\x12\x45\n\x07\x43onnect\x12\x1b.chameleon.v1.WorkerCommand\x1a\x19.chameleon.v1.WorkerEvent(\x01\x30\x01\x12\x41\n\x07GetInfo\x12\x1c.chameleon.v1.GetInfoRequest\x1a\x18.chameleon.v1.WorkerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hameleon/v1/worker.proto\x12\x0c\x63hameleon.v1\x1a\x19\x63hameleon/v1/common.proto\"\x95\x01\n\rWorkerCommand\x12$\n\x05\x61\x64mit\x18\x01 \x01(\x0b\x32\x13.chameleon.v1.AdmitH\x00\x12&\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x14.chameleon.v1.CancelH\x00\x12.\n\x08prefetch\x18\x03 \x01(\x0b\x32\x1a.chameleon.v1.PrefetchHintH\x00\x42\x06\n\x04kind\"#\n\x0cPrefetchHint\x12\x13\n\x0b\x61\x64\x61pter_ids\x18\x01 \x03(\t\"\xea\x01\n\x05\x41\x64mit\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x12\n\nadapter_id\x18\x03 \x01(\t\x12,\n\x06params\x18\x04 \x01(\x0b\x32\x1c.chameleon.v1.SamplingParams\x12<\n\rtrace_context\x18\x32 \x03(\x0b\x32%.chameleon.v1.Admit.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1c\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x10\n\x0eGetInfoRequest\"\x83\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x12\n\nblock_size\x18\x05 \x01(\x05\x12\x13\n\x0btotal_pages\x18\x06 \x01(\x03\x12\x13\n\x0bmax_running\x18\x07 \x01(\x05\x12\x16\n\x0etokenizer_json\x18\x08 \x01(\x0c\x12\x15\n\reos_token_ids\x18\t \x03(\x05\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x12\n\npage_bytes\x18\x0b \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_policy\x18\x0c \x01(\t\"i\n\nTokenEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.chameleon.v1.Timings\"\xa4\x01\n\nCompletion\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.chameleon.v1.FinishReason\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.chameleon.v1.Timings\x12\x0c\n\x04text\x18\x05 \x01(\t\"A\n\x0cRequestError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xd5\x02\n\x0bWorkerState\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0btotal_pages\x18\x02 \x01(\x03\x12\x12\n\nfree_pages\x18\x03 \x01(\x03\x12\x17\n\x0f\x65victable_pages\x18\x04 \x01(\x03\x12\x0f\n\x07running\x18\x05 \x01(\x05\x12\x0f\n\x07waiting\x18\x06 \x01(\x05\x12\x17\n\x0f\x63\x61\x63hed_adapters\x18\x07 \x03(\t\x12\x18\n\x10loading_adapters\x18\x08 \x03(\t\x12\x12\n\ncache_hits\x18\t \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\n \x01(\x03\x12\x11\n\tevictions\x18\x0b \x01(\x03\x12\x14\n\x0c\x62ytes_loaded\x18\x0c \x01(\x03\x12\x17\n\x0f\x61\x64\x61pter_fetches\x18( \x01(\x03\x12\x19\n\x11\x66\x65tch_bytes_per_s\x18) \x01(\x01\x12\x15\n\rfetch_ttfb_ms\x18* \x01(\x01\"\xf4\x01\n\x0bWorkerEvent\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.chameleon.v1.WorkerInfoH\x00\x12)\n\x05token\x18\x02 \x01(\x0b\x32\x18.chameleon.v1.TokenEventH\x00\x12.\n\ncompletion\x18\x03 \x01(\x0b\x32\x18.chameleon.v1.CompletionH\x00\x12+\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1a.chameleon.v1.RequestErrorH\x00\x12*\n\x05state\x18\x05 \x01(\x0b\x32\x19.chameleon.v1.WorkerStateH\x00\x42\x06\n\x04kind2\x92\x01\n\x06Worker\x12\x45\n\x07\x43onnect\x12\x1b.chameleon.v1.WorkerCommand\x1a\x19.chameleon.v1.WorkerEvent(\x01\x30\x01\x12\x41\n\x07GetInfo\x12\x1c.chameleon.v1.GetInfoRequest\x1a\x18.chameleon.v1.WorkerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chameleon.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ADMIT_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_ADMIT_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_WORKERCOMMAND']._serialized_start=71
   _globals['_WORKERCOMMAND']._serialized_end=220
   _globals['_PREFETCHHINT']._serialized_start=222
   _globals['_PREFETCHHINT']._serialized_end=257
-  _globals['_ADMIT']._serialized_start=259
-  _globals['_ADMIT']._serialized_end=378
-  _globals['_CANCEL']._serialized_start=380
-  _globals['_CANCEL']._serialized_end=408
-  _globals['_GETINFOREQUEST']._serialized_start=410
-  _globals['_GETINFOREQUEST']._serialized_end=426
-  _globals['_WORKERINFO']._serialized_start=429
-  _globals['_WORKERINFO']._serialized_end=688
-  _globals['_TOKENEVENT']._serialized_start=690
-  _globals['_TOKENEVENT']._serialized_end=795
-  _globals['_COMPLETION']._serialized_start=798
-  _globals['_COMPLETION']._serialized_end=962
-  _globals['_REQUESTERROR']._serialized_start=964
-  _globals['_REQUESTERROR']._serialized_end=1029
-  _globals['_WORKERSTATE']._serialized_start=1032
-  _globals['_WORKERSTATE']._serialized_end=1373
-  _globals['_WORKEREVENT']._serialized_start=1376
-  _globals['_WORKEREVENT']._serialized_end=1620
-  _globals['_WORKER']._serialized_start=1623
-  _globals['_WORKER']._serialized_end=1769
+  _globals['_ADMIT']._serialized_start=260
+  _globals['_ADMIT']._serialized_end=494
+  _globals['_ADMIT_TRACECONTEXTENTRY']._serialized_start=443
+  _globals['_ADMIT_TRACECONTEXTENTRY']._serialized_end=494
+  _globals['_CANCEL']._serialized_start=496
+  _globals['_CANCEL']._serialized_end=524
+  _globals['_GETINFOREQUEST']._serialized_start=526
+  _globals['_GETINFOREQUEST']._serialized_end=542
+  _globals['_WORKERINFO']._serialized_start=545
+  _globals['_WORKERINFO']._serialized_end=804
+  _globals['_TOKENEVENT']._serialized_start=806
+  _globals['_TOKENEVENT']._serialized_end=911
+  _globals['_COMPLETION']._serialized_start=914
+  _globals['_COMPLETION']._serialized_end=1078
+  _globals['_REQUESTERROR']._serialized_start=1080
+  _globals['_REQUESTERROR']._serialized_end=1145
+  _globals['_WORKERSTATE']._serialized_start=1148
+  _globals['_WORKERSTATE']._serialized_end=1489
+  _globals['_WORKEREVENT']._serialized_start=1492
+  _globals['_WORKEREVENT']._serialized_end=1736
+  _globals['_WORKER']._serialized_start=1739
+  _globals['_WORKER']._serialized_end=1885
 # @@protoc_insertion_point(module_scope)
