@@ -30,6 +30,9 @@ from clients.assets.tiny import make_tiny_llama
 # Bump when the content of generated assets changes, so old asset folders get rebuilt.
 ASSETS_FORMAT_VERSION = 1
 DEMO_MARKER = ".chameleon-demo-assets.json"
+BENCH_MARKER = ".chameleon-bench-assets.json"
+BENCH_ADAPTERS_DIR = "bench-adapters"
+BENCH_RANKS = (8, 16, 32, 64)
 TINY_MARKER = ".chameleon-tiny-assets.json"
 SMOLLM2_DIR = "models/smollm2-135m"
 TINY_DIR = "models/tiny-llama"
@@ -237,6 +240,38 @@ def prepare_demo(
         "adapters": root / ADAPTERS_DIR,
         "n_adapters": len(specs),
     }
+    _write_marker(marker, params, result)
+    return result
+
+
+def bench_adapter_specs() -> list[AdapterSpec]:
+    """The 16 adapters of `chameleon bench engine`: ranks 8/16/32/64 on q/k/v/o, four of each."""
+    return [AdapterSpec(f"bench-{i:02d}-r{BENCH_RANKS[i % 4]}-qkvo", BENCH_RANKS[i % 4],
+                        ATTENTION_MODULES, float(2 * BENCH_RANKS[i % 4]), seed=2000 + i)
+            for i in range(16)]
+
+
+def prepare_bench(root: Path | str, force: bool = False, progress: Progress = None) -> dict[str, Any]:
+    """SmolLM2 (shared with the demo, in root/models/smollm2-135m) and the 16 float32
+    adapters of bench_adapter_specs in root/bench-adapters. Returns {"root", "model", "adapters"}."""
+    root = Path(root)
+    report = progress or (lambda _message: None)
+    params: dict[str, Any] = {"bench": 1}
+    marker = root / BENCH_MARKER
+    if not force:
+        ready = _read_marker(marker, params)
+        if ready is not None:
+            return ready
+    root.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    model_dir = root / SMOLLM2_DIR
+    if force or not (model_dir / CONFIG_FILE).is_file():
+        report("converting SmolLM2-135M GGUF to a float32 HF folder")
+        convert_gguf_to_hf(find_smollm2_gguf(), model_dir, progress=report)
+    base_config = read_json(model_dir / CONFIG_FILE)
+    _write_adapters(bench_adapter_specs(), base_config, root / BENCH_ADAPTERS_DIR, torch.float32,
+                    report)
+    result: dict[str, Any] = {"root": root, "model": model_dir, "adapters": root / BENCH_ADAPTERS_DIR}
     _write_marker(marker, params, result)
     return result
 
