@@ -2,7 +2,9 @@
 
 Admissions go to the engine once their adapter is resident (fetched from the
 adapter store on a miss); engine events go back up the stream that admitted
-the request, together with periodic memory/cache state.
+the request, together with periodic memory/cache state. Tokens and completions
+travel in TokenBatch events: one per engine step and stream, and the output of
+steps the stream has not sent yet joins the batch still waiting in its queue.
 """
 from __future__ import annotations
 
@@ -33,6 +35,14 @@ _FINISH = {Finish.EOS: common_pb2.FINISH_REASON_EOS, Finish.LENGTH: common_pb2.F
 class _Stream:
     out: asyncio.Queue
     requests: set[str] = field(default_factory=set)
+    # the TokenBatch event queued and not sent yet: later steps' output joins it
+    open_batch: worker_pb2.WorkerEvent | None = None
+
+    def batch(self) -> worker_pb2.TokenBatch:
+        if self.open_batch is None:
+            self.open_batch = worker_pb2.WorkerEvent(batch=worker_pb2.TokenBatch())
+            self.out.put_nowait(self.open_batch)
+        return self.open_batch.batch
 
 
 @dataclass(eq=False)
@@ -85,6 +95,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 ev = await stream.out.get()
                 if ev is None:
                     return
+                if ev is stream.open_batch:
+                    stream.open_batch = None   # sent: the next step starts a new batch
                 yield ev
         finally:
             reader.cancel()
@@ -257,9 +269,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     def _finish(self, req: _Request, finish: Finish, text: str) -> None:
         if req.seq.request_id not in self._requests:
             return
-        req.stream.out.put_nowait(worker_pb2.WorkerEvent(completion=worker_pb2.Completion(
+        req.stream.batch().completions.add(
             request_id=req.seq.request_id, finish_reason=_FINISH[finish],
-            completion_tokens=len(req.seq.output_ids), timings=self._timings(req), text=text)))
+            completion_tokens=len(req.seq.output_ids), timings=self._timings(req), text=text)
         if req.spans is not None:
             self.traces.finished(req.spans, req.seq, finish.name)
         self._forget(req)
@@ -271,10 +283,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             if req is None:
                 continue
             if ev.token_ids or (ev.text and ev.finish is None) or ev.first:
-                req.stream.out.put_nowait(worker_pb2.WorkerEvent(token=worker_pb2.TokenEvent(
+                req.stream.batch().tokens.add(
                     request_id=ev.seq.request_id, token_ids=ev.token_ids,
                     text=ev.text if ev.finish is None else "",
-                    timings=self._timings(req) if ev.first else None)))
+                    timings=self._timings(req) if ev.first else None)
                 if ev.first and req.spans is not None:
                     self.traces.first_token(req.spans, ev.seq, time.monotonic())
                 if ev.finish is not None:

@@ -7,6 +7,7 @@ import random
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,7 +27,9 @@ class _Live:
     """One client stream; its lifecycle (worker, re-runs, replay skip) is in `book`."""
     lc: Lifecycle
     admit: worker_pb2.Admit
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    # (kind, payload) from the worker, in order; `wake` is set when one is added
+    events: deque = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
     first_ttft: float = 0.0
     first_token_at: float | None = None
     trace: RequestTrace | None = None
@@ -37,6 +40,26 @@ class _Live:
     @property
     def pending(self) -> PendingRequest:
         return self.lc.pending
+
+    def put(self, kind: str, payload) -> None:
+        self.events.append((kind, payload))
+        self.wake.set()
+
+    async def get(self) -> tuple[str, object]:
+        """The next event; tokens the client has not been sent yet come merged into one."""
+        while not self.events:
+            self.wake.clear()
+            await self.wake.wait()
+        kind, payload = self.events.popleft()
+        if kind != "token" or not self.events or self.events[0][0] != "token":
+            return kind, payload
+        ids, texts = list(payload.token_ids), [payload.text]
+        while self.events and self.events[0][0] == "token":
+            more = self.events.popleft()[1]
+            ids += more.token_ids
+            texts.append(more.text)
+        return kind, worker_pb2.TokenEvent(request_id=payload.request_id, token_ids=ids,
+                                           text="".join(texts), timings=payload.timings)
 
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
@@ -190,7 +213,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         first = True
         try:
             while True:
-                kind, payload = await live.events.get()
+                kind, payload = await live.get()
                 if kind == "error":
                     code, msg = payload
                     if trace is not None:
@@ -363,9 +386,17 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if kind == "state":
             self._kick.set()
             return
-        msg = getattr(ev, kind)
-        live = self._live.get(msg.request_id)
         wid = link.view.worker_id
+        if kind == "batch":   # one engine step (or several) of many requests
+            for t in ev.batch.tokens:
+                self._on_request_event(wid, "token", t)
+            for c in ev.batch.completions:
+                self._on_request_event(wid, "completion", c)
+        else:
+            self._on_request_event(wid, kind, getattr(ev, kind))
+
+    def _on_request_event(self, wid: str, kind: str, msg) -> None:
+        live = self._live.get(msg.request_id)
         if live is None or self.book.current(msg.request_id, wid) is None:
             return
         if kind == "token":
@@ -373,13 +404,13 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             n = len(msg.token_ids)
             if self.book.tokens(msg.request_id, wid, n) == 0 and n > 0 and live.lc.sent_tokens > 0:
                 return
-            live.events.put_nowait(("token", msg))
+            live.put("token", msg)
         elif kind == "completion":
             self.book.completed(msg.request_id, wid)
-            live.events.put_nowait(("done", msg))
+            live.put("done", msg)
         elif kind == "error":
             self.book.completed(msg.request_id, wid)
-            live.events.put_nowait(("error", (grpc.StatusCode[_code_name(msg.code)], msg.message)))
+            live.put("error", (grpc.StatusCode[_code_name(msg.code)], msg.message))
 
     def _on_worker_down(self, link: WorkerLink) -> None:
         for rid in self.book.worker_down(link.view.worker_id):

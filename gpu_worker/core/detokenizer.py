@@ -1,9 +1,13 @@
 """Incremental detokenization with stop strings.
 
-Text is re-decoded from the full output ids each step (outputs are short, and
-this is the only way byte-level BPE yields correct UTF-8), then only the new
-suffix is released. Text that could still be the start of a stop string, or an
-incomplete UTF-8 sequence, is held back until it is certain.
+Each step decodes only a short window of the output ids, not the whole output:
+the ids from `prefix` on, against the ids from `prefix` to `read` (the part
+already committed); the difference is the new text. The window moves up once its
+text is complete (it does not end in U+FFFD, half a multi-byte character), so a
+character split over several byte-level tokens is decoded from all of them
+together, and decoders that treat a sequence's first token specially see the
+same first token in both decodes. Text that could still be the start of a stop
+string, or an incomplete UTF-8 sequence, is held back until it is certain.
 """
 from __future__ import annotations
 
@@ -21,13 +25,26 @@ class StopChecker:
         self._hold = max((len(s) for s in self._stop), default=1) - 1
         self._sent = 0          # characters of text already released
         self._search_from = 0   # stop strings match from here on (text before min_tokens is out)
+        self._prefix = self._read = 0   # the decode window: ids[_prefix:], committed up to _read
+        self._committed = ""            # text of ids[:_read]
         self.text = ""
+
+    def _decode(self, output_ids: list[int]) -> str:
+        """The text of all of output_ids, decoding only the window."""
+        dec = self._decoder.decode
+        head = dec(output_ids[self._prefix:self._read], skip_special_tokens=True)
+        full = dec(output_ids[self._prefix:], skip_special_tokens=True)
+        if len(full) > len(head) and not full.endswith("\ufffd"):
+            self._committed += full[len(head):]
+            self._prefix, self._read = self._read, len(output_ids)
+            return self._committed
+        return self._committed + full[len(head):]
 
     def update(self, output_ids: list[int], check: bool = True) -> tuple[str, bool]:
         """Returns (new text to release, stop string hit). With `check` off (the request
         has not reached its min_tokens yet) stop strings are not looked for and all the
         text is released; a stop string can then only match in text that comes later."""
-        text = self._decoder.decode(output_ids, skip_special_tokens=True)
+        text = self._decode(output_ids)
         if not check:
             self.text = text
             safe = len(text) - 1 if text.endswith("\ufffd") else len(text)

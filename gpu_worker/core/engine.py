@@ -182,13 +182,18 @@ class Engine:
         qlens, clens, tables, adapters = [], [], [], []
         bs = self.cfg.block_size
         for s in plan.seqs:
-            toks = (s.prompt_ids + s.output_ids)[s.num_computed:]
-            start = s.num_computed
+            start, n_prompt = s.num_computed, len(s.prompt_ids)
+            if start >= n_prompt:   # decoding: only the tokens not in the cache yet
+                toks = s.output_ids[start - n_prompt:]
+            else:
+                toks = s.prompt_ids[start:] + s.output_ids
+            end = start + len(toks)
             ids += toks
-            pos += range(start, start + len(toks))
-            slots += [s.block_table[p // bs] * bs + p % bs for p in range(start, start + len(toks))]
+            pos += range(start, end)
+            table = s.block_table
+            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
             qlens.append(len(toks))
-            clens.append(start + len(toks))
+            clens.append(end)
             tables.append(s.block_table)
             adapters.append(self.memory.get(s.adapter_id) if s.adapter_id else None)
         dev = self.model.device

@@ -45,7 +45,7 @@ async def test_a_prefetch_hint_caches_adapters_and_the_next_request_hits(tiny_as
                 async for ev in stream:
                     kind = ev.WhichOneof("kind")
                     assert kind != "error", ev.error.message
-                    done = done or kind == "completion"
+                    done = done or (kind == "batch" and len(ev.batch.completions) > 0)
                     if done and kind == "state":
                         state = ev.state
                         break

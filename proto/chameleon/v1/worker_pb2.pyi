@@ -108,6 +108,14 @@ class Completion(_message.Message):
     text: str
     def __init__(self, request_id: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., completion_tokens: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
+class TokenBatch(_message.Message):
+    __slots__ = ("tokens", "completions")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenEvent]
+    completions: _containers.RepeatedCompositeFieldContainer[Completion]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenEvent, _Mapping]]] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ...) -> None: ...
+
 class RequestError(_message.Message):
     __slots__ = ("request_id", "code", "message")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -153,15 +161,17 @@ class WorkerState(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., total_pages: _Optional[int] = ..., free_pages: _Optional[int] = ..., evictable_pages: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., cached_adapters: _Optional[_Iterable[str]] = ..., loading_adapters: _Optional[_Iterable[str]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., adapter_fetches: _Optional[int] = ..., fetch_bytes_per_s: _Optional[float] = ..., fetch_ttfb_ms: _Optional[float] = ...) -> None: ...
 
 class WorkerEvent(_message.Message):
-    __slots__ = ("hello", "token", "completion", "error", "state")
+    __slots__ = ("hello", "token", "completion", "error", "state", "batch")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     hello: WorkerInfo
     token: TokenEvent
     completion: Completion
     error: RequestError
     state: WorkerState
-    def __init__(self, hello: _Optional[_Union[WorkerInfo, _Mapping]] = ..., token: _Optional[_Union[TokenEvent, _Mapping]] = ..., completion: _Optional[_Union[Completion, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., state: _Optional[_Union[WorkerState, _Mapping]] = ...) -> None: ...
+    batch: TokenBatch
+    def __init__(self, hello: _Optional[_Union[WorkerInfo, _Mapping]] = ..., token: _Optional[_Union[TokenEvent, _Mapping]] = ..., completion: _Optional[_Union[Completion, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., state: _Optional[_Union[WorkerState, _Mapping]] = ..., batch: _Optional[_Union[TokenBatch, _Mapping]] = ...) -> None: ...

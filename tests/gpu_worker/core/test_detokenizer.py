@@ -50,3 +50,20 @@ def test_stop_strings_before_min_tokens_are_released_and_never_match_later():
         if hit:
             break
     assert hit and "".join(out) == "aSTOPb "
+
+
+def test_windowed_decoding_matches_decoding_everything(tiny_assets):
+    import random
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(tiny_assets["model"]) / "tokenizer.json"))
+    texts = ["héllo 世界 🙂 naïve café\n\n  spaced   out", "def f(x):\n    return x ** 2  # 平方"]
+    rng = random.Random(0)
+    ids_sets = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+    ids_sets.append([rng.randrange(tok.get_vocab_size()) for _ in range(300)])  # any ids at all
+    for ids in ids_sets:
+        c = StopChecker(tok, [])
+        out = "".join(c.update(ids[:i + 1])[0] for i in range(len(ids))) + c.flush()
+        assert out == tok.decode(ids, skip_special_tokens=True)
