@@ -30,6 +30,7 @@ class StoreConfig:
     port_file: str | None = None
     chunk_bytes: int = 1 << 20
     grace_s: float = 5.0
+    metrics_port: int | None = None        # Prometheus /metrics (None: off)
     hot_cache_bytes: int = 1 << 30
     backend_requests_per_s: int = 200
     backend_max_concurrent: int = 8
@@ -38,6 +39,9 @@ class StoreConfig:
     admin_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        from chameleon_common.metrics import check_metrics_port
+
+        check_metrics_port(self.metrics_port)
         self.base_model = Path(self.base_model)
         if (self.adapters is None) == (self.s3_bucket is None):
             raise ValueError("give exactly one backend: --adapters DIR or --s3-bucket NAME")
@@ -99,6 +103,9 @@ async def serve(cfg: StoreConfig) -> None:
     service = AdapterStoreService(catalog, HotCache(cfg.hot_cache_bytes), admin_token=cfg.admin_token,
                                   tracer=setup_tracing("chameleon-store"))
     server = Server(cfg.host, cfg.port, ["chameleon.v1.AdapterStore"])
+    from chameleon_common.metrics import serve_metrics
+
+    serve_metrics(service.metrics.registry, cfg.metrics_port, cfg.host, cfg.port_file)
     store_pb2_grpc.add_AdapterStoreServicer_to_server(service, server.server)
     log.info("adapter store: %s (base model %s)", backend.describe(), cfg.base_model)
     try:
@@ -121,6 +128,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--port-file")
     ap.add_argument("--chunk-bytes", type=int, default=1 << 20)
+    from chameleon_common.metrics import add_metrics_argument
+
+    add_metrics_argument(ap)
     ap.add_argument("--hot-cache-bytes", type=int, default=1 << 30,
                     help="host memory for hot adapters' bytes (0: none)")
     ap.add_argument("--backend-requests-per-s", type=int, default=200,
@@ -146,7 +156,8 @@ def config_from_args(a: argparse.Namespace) -> StoreConfig:
                        hot_cache_bytes=a.hot_cache_bytes,
                        backend_requests_per_s=a.backend_requests_per_s,
                        backend_max_concurrent=a.backend_max_concurrent, stat_ttl_s=a.stat_ttl_s,
-                       max_adapter_bytes=a.max_adapter_bytes, admin_token=token)
+                       max_adapter_bytes=a.max_adapter_bytes, admin_token=token,
+                       metrics_port=a.metrics_port)
 
 
 def main(argv: list[str] | None = None) -> None:

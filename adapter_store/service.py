@@ -23,6 +23,7 @@ from adapter_store.core.catalog import (AdapterCatalog, AdapterInvalid, AdapterN
 from adapter_store.core.hot_cache import HotCache
 from adapter_store.core.refs import ADAPTER_FILES
 from adapter_store.core.streaming import AdapterCorrupt, stream_adapter
+from adapter_store.metrics import StoreMetrics
 from chameleon_common.tracing import from_grpc
 from chameleon.v1 import common_pb2, store_pb2, store_pb2_grpc
 
@@ -49,6 +50,7 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
                  admin_token: str | None = None, readahead: int = 4, tracer=None):
         self.catalog = catalog
         self.tracer = tracer
+        self.metrics = StoreMetrics()
         self.hot = hot if hot is not None else HotCache(0)
         self._admin_token = admin_token
         self.readahead = readahead
@@ -62,23 +64,28 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
 
     @contextlib.contextmanager
     def _span(self, name: str, context, adapter_id: str):
-        """A server span for a call made on a request's behalf (a child of the caller's span,
-        whose context comes in the call's metadata). Not made current: FetchAdapter is a
-        generator, and context set in one step of it must not leak into the next."""
-        if self.tracer is None:
-            yield None
-            return
-        span = self.tracer.start_span(
-            f"chameleon.v1.AdapterStore/{name}", context=from_grpc(context), kind=SpanKind.SERVER,
-            attributes={"chameleon.adapter_id": adapter_id})
+        """Counts the call by its end status, and (with a tracer) a server span for it: a child
+        of the caller's span, whose context comes in the call's metadata. Not made current:
+        FetchAdapter is a generator, and context set in one step of it must not leak."""
+        span = None
+        if self.tracer is not None:
+            span = self.tracer.start_span(
+                f"chameleon.v1.AdapterStore/{name}", context=from_grpc(context), kind=SpanKind.SERVER,
+                attributes={"chameleon.adapter_id": adapter_id})
         try:
             yield span
         except BaseException as e:
             code = context.code() if hasattr(context, "code") else None
-            span.set_status(Status(StatusCode.ERROR, f"{code or type(e).__name__}: {context.details() or e}"))
+            status = code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
+            self.metrics.ended(name, status)
+            if span is not None:
+                span.set_status(Status(StatusCode.ERROR, f"{status}: {context.details() or e}"))
             raise
+        else:
+            self.metrics.ended(name, "OK")
         finally:
-            span.end()
+            if span is not None:
+                span.end()
 
     async def _abort_for(self, e: Exception, ref: str, context) -> None:
         if isinstance(e, (InvalidAdapterId, InvalidKey)):
@@ -128,6 +135,7 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
             sent = 0
             async for chunk in self._fetch(request, context, span):
                 sent += len(chunk.data)
+                self.metrics.fetch_bytes.inc(len(chunk.data))
                 yield chunk
             if span is not None:
                 span.set_attribute("chameleon.bytes", sent)

@@ -25,6 +25,11 @@ class Proc:
     port_file: Path
     log_path: Path
     port: int = 0
+    metrics_port: int | None = None   # when started with --metrics-port
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def address(self) -> str:
@@ -79,6 +84,7 @@ class Cluster:
     def _spawn(self, name: str, module: str, args: list[str], port: int = 0) -> Proc:
         port_file = self.dir / f"{name}.port"
         port_file.unlink(missing_ok=True)
+        Path(f"{port_file}.metrics").unlink(missing_ok=True)
         log_path = self.dir / f"{name}.log"
         kind = "worker" if name.startswith("worker") else name
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.spec.env,
@@ -118,6 +124,8 @@ class Cluster:
                 raise RuntimeError(f"{p.name} did not start in time:\n{p.log_tail()}")
             time.sleep(0.05)
         p.port = int(p.port_file.read_text())
+        metrics_file = Path(f"{p.port_file}.metrics")   # written before the port file
+        p.metrics_port = int(metrics_file.read_text()) if metrics_file.exists() else None
         with grpc.insecure_channel(p.address) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while True:

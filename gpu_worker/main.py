@@ -34,8 +34,12 @@ class WorkerConfig:
     lora_backend: str = "auto"              # auto (triton on CUDA, torch elsewhere) | torch | triton
     adapter_fetch_deadline_s: float = 30.0  # a fetch retrying past this fails its requests (UNAVAILABLE)
     grace_s: float = 10.0
+    metrics_port: int | None = None        # Prometheus /metrics (None: off)
 
     def __post_init__(self) -> None:
+        from chameleon_common.metrics import check_metrics_port
+
+        check_metrics_port(self.metrics_port)
         self.model = Path(self.model)
         if not (self.model / "config.json").exists():
             raise ValueError(f"--model {self.model}: no config.json there (run `chameleon prepare-demo`?)")
@@ -111,6 +115,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="how long a fetch from the adapter store may retry (with backoff) before "
                          "the requests waiting for it fail with UNAVAILABLE")
     ap.add_argument("--grace-s", type=float, default=d["grace_s"].default)
+    from chameleon_common.metrics import add_metrics_argument
+
+    add_metrics_argument(ap)
 
 
 def config_from_args(a: argparse.Namespace) -> WorkerConfig:
@@ -121,7 +128,8 @@ def config_from_args(a: argparse.Namespace) -> WorkerConfig:
                         max_context=a.max_context, cache_policy=a.cache_policy,
                         lru_slots=a.lru_slots, lru_max_rank=a.lru_max_rank,
                         predictive_prefetch=a.predictive_prefetch, lora_backend=a.lora_backend,
-                        adapter_fetch_deadline_s=a.adapter_fetch_deadline_s, grace_s=a.grace_s)
+                        adapter_fetch_deadline_s=a.adapter_fetch_deadline_s, grace_s=a.grace_s,
+                        metrics_port=a.metrics_port)
 
 
 async def serve(cfg: WorkerConfig) -> None:
@@ -181,6 +189,9 @@ async def serve(cfg: WorkerConfig) -> None:
 
     service = WorkerService(engine, fetcher, info, tracer=setup_tracing("chameleon-worker"))
     server = Server(cfg.host, cfg.port, ["chameleon.v1.Worker"])
+    from chameleon_common.metrics import serve_metrics
+
+    serve_metrics(service.metrics.registry, cfg.metrics_port, cfg.host, cfg.port_file)
     from chameleon.v1 import worker_pb2_grpc
     worker_pb2_grpc.add_WorkerServicer_to_server(service, server.server)
     service.start()

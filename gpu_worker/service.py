@@ -22,6 +22,7 @@ from gpu_worker.core.lora import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter
 from gpu_worker.core.sequence import Finish, SamplingSpec, Sequence
 from gpu_worker.core.unified_pool import StagedAdapter, stage_adapter
 from gpu_worker.engine_thread import EngineCallbacks, EngineThread
+from gpu_worker.metrics import WorkerMetrics, page_uses
 from gpu_worker.request_trace import FetchLog, RequestSpans, WorkerTraces
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self._fetches: dict[str, asyncio.Task] = {}
         self._requests: dict[str, _Request] = {}
         self.fetch_log = FetchLog()
+        self.metrics = WorkerMetrics(info.worker_id, lambda: self.thread.snapshot,
+                                     lambda: self.fetcher.fetches)
         self.traces = WorkerTraces(tracer, info.worker_id) if tracer is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -143,7 +146,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             running=snap.running, waiting=snap.waiting,
             cached_adapters=list(st.cached_adapters), loading_adapters=list(st.loading_adapters),
             cache_hits=st.hits, cache_misses=st.misses, evictions=st.evictions,
-            bytes_loaded=st.bytes_loaded, **self._fetch_state())
+            bytes_loaded=st.bytes_loaded, kv_pages=st.kv_pages,
+            active_adapter_pages=page_uses(st)["adapter_active"], **self._fetch_state())
 
     def _fetch_state(self) -> dict:
         s = self.fetcher.last_stats
@@ -197,6 +201,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             t0 = time.monotonic()
             fetched = await self.fetcher.fetch(aid, spans.metadata if spans else ())
             self.fetch_log.record(aid, t0, time.monotonic())
+            self.metrics.fetch_seconds.labels(self.info.worker_id).observe(time.monotonic() - t0)
             if spans is not None:
                 spans.fetched(fetched.stats.nbytes, fetched.digest)
             staged = await asyncio.to_thread(self._stage, fetched)
@@ -249,8 +254,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     def _fail(self, req: _Request, code: grpc.StatusCode, msg: str) -> None:
         self._error(req.stream, req.seq.request_id, code, msg)
-        if req.spans is not None and req.seq.request_id in self._requests:
-            self.traces.finished(req.spans, req.seq, "ERROR", f"{code.name}: {msg}")
+        if req.seq.request_id in self._requests:
+            self.metrics.ended(code.name)
+            if req.spans is not None:
+                self.traces.finished(req.spans, req.seq, "ERROR", f"{code.name}: {msg}")
         self._forget(req)
 
     def _forget(self, req: _Request) -> None:
@@ -272,6 +279,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         req.stream.batch().completions.add(
             request_id=req.seq.request_id, finish_reason=_FINISH[finish],
             completion_tokens=len(req.seq.output_ids), timings=self._timings(req), text=text)
+        self.metrics.ended(finish.name)
         if req.spans is not None:
             self.traces.finished(req.spans, req.seq, finish.name)
         self._forget(req)

@@ -22,11 +22,15 @@ class SchedulerConfig:
     grace_s: float = 30.0
     prefetch_hints: int = 8                # adapters per prefetch hint to a worker (0: none)
     hint_interval_s: float = 0.1           # at most one hint per worker per interval
+    metrics_port: int | None = None        # Prometheus /metrics (None: off)
 
     def __post_init__(self) -> None:
         from scheduler_svc.core.hints import HintConfig
 
+        from chameleon_common.metrics import check_metrics_port
+
         HintConfig(self.prefetch_hints, self.hint_interval_s)   # validates
+        check_metrics_port(self.metrics_port)
         if not self.workers:
             raise ValueError("give at least one --worker host:port")
         for a in [self.store, *self.workers]:
@@ -52,6 +56,9 @@ async def serve(cfg: SchedulerConfig) -> None:
                                tracer=tracer,
                                hints=HintConfig(cfg.prefetch_hints, cfg.hint_interval_s))
     server = Server(cfg.host, cfg.port, ["chameleon.v1.Scheduler"])
+    from chameleon_common.metrics import serve_metrics
+
+    serve_metrics(service.metrics.registry, cfg.metrics_port, cfg.host, cfg.port_file)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server.server)
     await service.start()
     log.info("scheduler: policy %s, workers %s, store %s", cfg.policy, cfg.workers, cfg.store)
@@ -73,6 +80,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--port-file")
     ap.add_argument("--grace-s", type=float, default=30.0)
+    from chameleon_common.metrics import add_metrics_argument
+
+    add_metrics_argument(ap)
     ap.add_argument("--prefetch-hints", type=int, default=8, metavar="N",
                     help="tell each worker the adapters of the next N distinct adapters its queued "
                          "requests need, so it can prefetch them into free or idle memory "
@@ -92,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = SchedulerConfig(store=a.store, workers=a.workers, policy=a.policy, host=a.host,
                               port=a.port, port_file=a.port_file, grace_s=a.grace_s,
-                              prefetch_hints=a.prefetch_hints, hint_interval_s=a.hint_interval_s)
+                              prefetch_hints=a.prefetch_hints, hint_interval_s=a.hint_interval_s,
+                              metrics_port=a.metrics_port)
     except ValueError as e:
         ap.error(str(e))
     asyncio.run(serve(cfg))

@@ -16,6 +16,7 @@ from chameleon.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, store_pb
 from scheduler_svc.core.hints import HintConfig, HintThrottle
 from scheduler_svc.core.lifecycle import Lifecycle, RequestBook
 from scheduler_svc.core.types import AdmissionPolicy, PendingRequest
+from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.request_trace import RequestTrace, p99
 from scheduler_svc.worker_link import WorkerLink
 
@@ -78,6 +79,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.links = [WorkerLink(a, self._on_worker_event, self._on_worker_down)
                       for a in worker_addresses]
         self.book = RequestBook(policy, clock)
+        self.metrics = SchedulerMetrics(policy, self.book.running)
         self._live: dict[str, _Live] = {}
         self._links_by_id: dict[str, WorkerLink] = {}
         self._kick = asyncio.Event()
@@ -200,8 +202,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         try:
             admit, pending = await self._validate(request, context, trace)
         except BaseException:
+            code = context.code()
+            name = code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
+            self.metrics.ended(name)
             if trace is not None:
-                trace.failed(str(context.code() or "CANCELLED"), context.details() or "")
+                trace.failed(name, context.details() or "")
             raise
         rid = pending.request_id
         live = _Live(self.book.add(pending), admit, trace=trace)
@@ -216,6 +221,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 kind, payload = await live.get()
                 if kind == "error":
                     code, msg = payload
+                    self.metrics.ended(code.name)
                     if trace is not None:
                         trace.failed(code.name, msg)
                     await context.abort(code, msg)
@@ -257,11 +263,15 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                         trace_id=trace.trace_id if trace is not None else "")
                     return
         finally:
-            if trace is not None and not live.lc.done:
-                trace.failed("CANCELLED", "the client went away")
+            if not live.lc.done:
+                self.metrics.ended("CANCELLED")
+                if trace is not None:
+                    trace.failed("CANCELLED", "the client went away")
             self._release(live, cancel=not live.lc.done)
 
     def _trace_done(self, live: _Live, done: worker_pb2.Completion, t: common_pb2.Timings) -> None:
+        self.metrics.ended("OK")
+        self.metrics.latency(live.pending.adapter_rank, t.ttft_ms, live.token_gaps_ms)
         if live.trace is None:
             return
         w = live.first_timings or done.timings
@@ -288,14 +298,19 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 cache_hits=st.cache_hits, cache_misses=st.cache_misses, evictions=st.evictions,
                 bytes_loaded=st.bytes_loaded, loading_adapters=sorted(st.loading_adapters),
                 adapter_fetches=st.adapter_fetches, fetch_bytes_per_s=st.fetch_bytes_per_s,
-                fetch_ttfb_ms=st.fetch_ttfb_ms))
+                fetch_ttfb_ms=st.fetch_ttfb_ms, kv_pages=st.kv_pages,
+                active_adapter_pages=st.active_adapter_pages))
         metrics = {k: float(v) for k, v in self.policy.metrics().items()
                    if isinstance(v, (int, float))}
         metrics["prefetch_hints_sent"] = float(self.hints.messages)
         return scheduler_pb2.GetStatusResponse(
             policy=self.policy.name, queued=self.policy.queued(),
             running=self.book.running(), workers=workers, metrics=metrics,
-            completed=self.completed)
+            completed=self.completed, requests_by_status=dict(self.metrics.by_status),
+            queues=[scheduler_pb2.QueueStatus(index=q.index, length=q.length,
+                                              quota_tokens=q.quota_tokens, held_tokens=q.held_tokens,
+                                              upper_wrs=q.upper_wrs)
+                    for q in self.policy.queue_status()])
 
     # -- scheduling -----------------------------------------------------------
     async def _schedule_loop(self) -> None:

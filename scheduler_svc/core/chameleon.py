@@ -29,7 +29,7 @@ from .kmeans import choose_clustering
 from .mlq import Entry, WorkerQueues, insert_sorted
 from .predictor import OutputPredictor, QuantileOutputPredictor, ServiceTimeModel
 from .quota import QueueLoad, compute_quotas
-from .types import Admission, AdmissionPolicy, Clock, PendingRequest, WorkerView
+from .types import Admission, AdmissionPolicy, Clock, PendingRequest, QueueStat, WorkerView
 from .wrs import WrsScale
 
 
@@ -304,6 +304,17 @@ class ChameleonPolicy(AdmissionPolicy):
         wq.set_layout(self._boundaries, quotas, rewrs)
 
     # -- observability -------------------------------------------------------
+    def queue_status(self) -> list[QueueStat]:
+        live = self._live_workers()
+        k = len(self._boundaries) + 1
+
+        def total(attr: str, q: int) -> int:
+            return int(sum(getattr(wq, attr)[q] for wq in live if q < len(getattr(wq, attr))))
+
+        return [QueueStat(q, total("lengths", q), total("quotas", q), total("held", q),
+                          self._boundaries[q] if q < len(self._boundaries) else None)
+                for q in range(k)]
+
     def metrics(self) -> dict[str, float]:
         live = self._live_workers()
         k = len(self._boundaries) + 1

@@ -57,6 +57,16 @@ class WorkerView:
 
 
 @dataclass(frozen=True)
+class QueueStat:
+    """One admission queue, summed over workers (what GetStatus and /metrics report)."""
+    index: int
+    length: int                     # requests waiting in it
+    quota_tokens: int
+    held_tokens: int                # quota held by its running requests
+    upper_wrs: float | None         # its upper WRS boundary; None for the last queue
+
+
+@dataclass(frozen=True)
 class Admission:
     request: PendingRequest
     worker_id: str
@@ -103,3 +113,7 @@ class AdmissionPolicy:
 
     def metrics(self) -> dict[str, float]:
         return {}
+
+    def queue_status(self) -> list[QueueStat]:
+        """The policy's queues; policies without queues of their own report none."""
+        return []

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chameleon.v1 import common_pb2 as chameleon_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hameleon/v1/scheduler.proto\x12\x0c\x63hameleon.v1\x1a\x19\x63hameleon/v1/common.proto\"w\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nadapter_id\x18\x02 \x01(\t\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.chameleon.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xe6\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.chameleon.v1.FinishReason\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.chameleon.v1.Timings\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x05\x12\x10\n\x08trace_id\x18\x32 \x01(\t\"\x12\n\x10GetStatusRequest\"\xff\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x03\x12\x13\n\x0b\x66ree_tokens\x18\x06 \x01(\x03\x12\x12\n\nfree_pages\x18\x07 \x01(\x03\x12\x17\n\x0f\x65victable_pages\x18\x08 \x01(\x03\x12\x17\n\x0f\x63\x61\x63hed_adapters\x18\t \x03(\t\x12\x12\n\ncache_hits\x18\n \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x0b \x01(\x03\x12\x11\n\tevictions\x18\x0c \x01(\x03\x12\x14\n\x0c\x62ytes_loaded\x18\r \x01(\x03\x12\x18\n\x10loading_adapters\x18( \x03(\t\x12\x17\n\x0f\x61\x64\x61pter_fetches\x18) \x01(\x03\x12\x19\n\x11\x66\x65tch_bytes_per_s\x18* \x01(\x01\x12\x15\n\rfetch_ttfb_ms\x18+ \x01(\x01\"\xf3\x01\n\x11GetStatusResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\x05\x12\x0f\n\x07running\x18\x03 \x01(\x05\x12+\n\x07workers\x18\x04 \x03(\x0b\x32\x1a.chameleon.v1.WorkerStatus\x12=\n\x07metrics\x18\x05 \x03(\x0b\x32,.chameleon.v1.GetStatusResponse.MetricsEntry\x12\x11\n\tcompleted\x18\x06 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xfd\x01\n\tScheduler\x12K\n\x08Generate\x12\x1d.chameleon.v1.GenerateRequest\x1a\x1e.chameleon.v1.GenerateResponse0\x01\x12U\n\x0cListAdapters\x12!.chameleon.v1.ListAdaptersRequest\x1a\".chameleon.v1.ListAdaptersResponse\x12L\n\tGetStatus\x12\x1e.chameleon.v1.GetStatusRequest\x1a\x1f.chameleon.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hameleon/v1/scheduler.proto\x12\x0c\x63hameleon.v1\x1a\x19\x63hameleon/v1/common.proto\"w\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nadapter_id\x18\x02 \x01(\t\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.chameleon.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xe6\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.chameleon.v1.FinishReason\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.chameleon.v1.Timings\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x05\x12\x10\n\x08trace_id\x18\x32 \x01(\t\"\x12\n\x10GetStatusRequest\"\xaf\x03\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x03\x12\x13\n\x0b\x66ree_tokens\x18\x06 \x01(\x03\x12\x12\n\nfree_pages\x18\x07 \x01(\x03\x12\x17\n\x0f\x65victable_pages\x18\x08 \x01(\x03\x12\x17\n\x0f\x63\x61\x63hed_adapters\x18\t \x03(\t\x12\x12\n\ncache_hits\x18\n \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x0b \x01(\x03\x12\x11\n\tevictions\x18\x0c \x01(\x03\x12\x14\n\x0c\x62ytes_loaded\x18\r \x01(\x03\x12\x18\n\x10loading_adapters\x18( \x03(\t\x12\x17\n\x0f\x61\x64\x61pter_fetches\x18) \x01(\x03\x12\x19\n\x11\x66\x65tch_bytes_per_s\x18* \x01(\x01\x12\x15\n\rfetch_ttfb_ms\x18+ \x01(\x01\x12\x10\n\x08kv_pages\x18\x32 \x01(\x03\x12\x1c\n\x14\x61\x63tive_adapter_pages\x18\x33 \x01(\x03\"}\n\x0bQueueStatus\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06length\x18\x02 \x01(\x05\x12\x14\n\x0cquota_tokens\x18\x03 \x01(\x03\x12\x13\n\x0bheld_tokens\x18\x04 \x01(\x03\x12\x16\n\tupper_wrs\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_upper_wrs\"\xaa\x03\n\x11GetStatusResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\x05\x12\x0f\n\x07running\x18\x03 \x01(\x05\x12+\n\x07workers\x18\x04 \x03(\x0b\x32\x1a.chameleon.v1.WorkerStatus\x12=\n\x07metrics\x18\x05 \x03(\x0b\x32,.chameleon.v1.GetStatusResponse.MetricsEntry\x12\x11\n\tcompleted\x18\x06 \x01(\x03\x12)\n\x06queues\x18\x32 \x03(\x0b\x32\x19.chameleon.v1.QueueStatus\x12Q\n\x12requests_by_status\x18\x33 \x03(\x0b\x32\x35.chameleon.v1.GetStatusResponse.RequestsByStatusEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x37\n\x15RequestsByStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xfd\x01\n\tScheduler\x12K\n\x08Generate\x12\x1d.chameleon.v1.GenerateRequest\x1a\x1e.chameleon.v1.GenerateResponse0\x01\x12U\n\x0cListAdapters\x12!.chameleon.v1.ListAdaptersRequest\x1a\".chameleon.v1.ListAdaptersResponse\x12L\n\tGetStatus\x12\x1e.chameleon.v1.GetStatusRequest\x1a\x1f.chameleon.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETSTATUSRESPONSE_METRICSENTRY']._loaded_options = None
   _globals['_GETSTATUSRESPONSE_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_GETSTATUSRESPONSE_REQUESTSBYSTATUSENTRY']._loaded_options = None
+  _globals['_GETSTATUSRESPONSE_REQUESTSBYSTATUSENTRY']._serialized_options = b'8\001'
   _globals['_GENERATEREQUEST']._serialized_start=73
   _globals['_GENERATEREQUEST']._serialized_end=192
   _globals['_GENERATERESPONSE']._serialized_start=195
@@ -41,11 +43,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=427
   _globals['_GETSTATUSREQUEST']._serialized_end=445
   _globals['_WORKERSTATUS']._serialized_start=448
-  _globals['_WORKERSTATUS']._serialized_end=831
-  _globals['_GETSTATUSRESPONSE']._serialized_start=834
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1077
-  _globals['_GETSTATUSRESPONSE_METRICSENTRY']._serialized_start=1031
-  _globals['_GETSTATUSRESPONSE_METRICSENTRY']._serialized_end=1077
-  _globals['_SCHEDULER']._serialized_start=1080
-  _globals['_SCHEDULER']._serialized_end=1333
+  _globals['_WORKERSTATUS']._serialized_end=879
+  _globals['_QUEUESTATUS']._serialized_start=881
+  _globals['_QUEUESTATUS']._serialized_end=1006
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1009
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1435
+  _globals['_GETSTATUSRESPONSE_METRICSENTRY']._serialized_start=1332
+  _globals['_GETSTATUSRESPONSE_METRICSENTRY']._serialized_end=1378
+  _globals['_GETSTATUSRESPONSE_REQUESTSBYSTATUSENTRY']._serialized_start=1380
+  _globals['_GETSTATUSRESPONSE_REQUESTSBYSTATUSENTRY']._serialized_end=1435
+  _globals['_SCHEDULER']._serialized_start=1438
+  _globals['_SCHEDULER']._serialized_end=1691
 # @@protoc_insertion_point(module_scope)

@@ -44,7 +44,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "address", "connected", "running", "total_tokens", "free_tokens", "free_pages", "evictable_pages", "cached_adapters", "cache_hits", "cache_misses", "evictions", "bytes_loaded", "loading_adapters", "adapter_fetches", "fetch_bytes_per_s", "fetch_ttfb_ms")
+    __slots__ = ("worker_id", "address", "connected", "running", "total_tokens", "free_tokens", "free_pages", "evictable_pages", "cached_adapters", "cache_hits", "cache_misses", "evictions", "bytes_loaded", "loading_adapters", "adapter_fetches", "fetch_bytes_per_s", "fetch_ttfb_ms", "kv_pages", "active_adapter_pages")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,8 @@ class WorkerStatus(_message.Message):
     ADAPTER_FETCHES_FIELD_NUMBER: _ClassVar[int]
     FETCH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     FETCH_TTFB_MS_FIELD_NUMBER: _ClassVar[int]
+    KV_PAGES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_ADAPTER_PAGES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     connected: bool
@@ -79,10 +81,26 @@ class WorkerStatus(_message.Message):
     adapter_fetches: int
     fetch_bytes_per_s: float
     fetch_ttfb_ms: float
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., running: _Optional[int] = ..., total_tokens: _Optional[int] = ..., free_tokens: _Optional[int] = ..., free_pages: _Optional[int] = ..., evictable_pages: _Optional[int] = ..., cached_adapters: _Optional[_Iterable[str]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., loading_adapters: _Optional[_Iterable[str]] = ..., adapter_fetches: _Optional[int] = ..., fetch_bytes_per_s: _Optional[float] = ..., fetch_ttfb_ms: _Optional[float] = ...) -> None: ...
+    kv_pages: int
+    active_adapter_pages: int
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., running: _Optional[int] = ..., total_tokens: _Optional[int] = ..., free_tokens: _Optional[int] = ..., free_pages: _Optional[int] = ..., evictable_pages: _Optional[int] = ..., cached_adapters: _Optional[_Iterable[str]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., loading_adapters: _Optional[_Iterable[str]] = ..., adapter_fetches: _Optional[int] = ..., fetch_bytes_per_s: _Optional[float] = ..., fetch_ttfb_ms: _Optional[float] = ..., kv_pages: _Optional[int] = ..., active_adapter_pages: _Optional[int] = ...) -> None: ...
+
+class QueueStatus(_message.Message):
+    __slots__ = ("index", "length", "quota_tokens", "held_tokens", "upper_wrs")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    HELD_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UPPER_WRS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    length: int
+    quota_tokens: int
+    held_tokens: int
+    upper_wrs: float
+    def __init__(self, index: _Optional[int] = ..., length: _Optional[int] = ..., quota_tokens: _Optional[int] = ..., held_tokens: _Optional[int] = ..., upper_wrs: _Optional[float] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("policy", "queued", "running", "workers", "metrics", "completed")
+    __slots__ = ("policy", "queued", "running", "workers", "metrics", "completed", "queues", "requests_by_status")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,16 +108,27 @@ class GetStatusResponse(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class RequestsByStatusEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     POLICY_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_BY_STATUS_FIELD_NUMBER: _ClassVar[int]
     policy: str
     queued: int
     running: int
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     metrics: _containers.ScalarMap[str, float]
     completed: int
-    def __init__(self, policy: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., completed: _Optional[int] = ...) -> None: ...
+    queues: _containers.RepeatedCompositeFieldContainer[QueueStatus]
+    requests_by_status: _containers.ScalarMap[str, int]
+    def __init__(self, policy: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., completed: _Optional[int] = ..., queues: _Optional[_Iterable[_Union[QueueStatus, _Mapping]]] = ..., requests_by_status: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -127,7 +127,7 @@ class RequestError(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class WorkerState(_message.Message):
-    __slots__ = ("worker_id", "total_pages", "free_pages", "evictable_pages", "running", "waiting", "cached_adapters", "loading_adapters", "cache_hits", "cache_misses", "evictions", "bytes_loaded", "adapter_fetches", "fetch_bytes_per_s", "fetch_ttfb_ms")
+    __slots__ = ("worker_id", "total_pages", "free_pages", "evictable_pages", "running", "waiting", "cached_adapters", "loading_adapters", "cache_hits", "cache_misses", "evictions", "bytes_loaded", "adapter_fetches", "fetch_bytes_per_s", "fetch_ttfb_ms", "kv_pages", "active_adapter_pages")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_PAGES_FIELD_NUMBER: _ClassVar[int]
     FREE_PAGES_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,8 @@ class WorkerState(_message.Message):
     ADAPTER_FETCHES_FIELD_NUMBER: _ClassVar[int]
     FETCH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     FETCH_TTFB_MS_FIELD_NUMBER: _ClassVar[int]
+    KV_PAGES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_ADAPTER_PAGES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     total_pages: int
     free_pages: int
@@ -158,7 +160,9 @@ class WorkerState(_message.Message):
     adapter_fetches: int
     fetch_bytes_per_s: float
     fetch_ttfb_ms: float
-    def __init__(self, worker_id: _Optional[str] = ..., total_pages: _Optional[int] = ..., free_pages: _Optional[int] = ..., evictable_pages: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., cached_adapters: _Optional[_Iterable[str]] = ..., loading_adapters: _Optional[_Iterable[str]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., adapter_fetches: _Optional[int] = ..., fetch_bytes_per_s: _Optional[float] = ..., fetch_ttfb_ms: _Optional[float] = ...) -> None: ...
+    kv_pages: int
+    active_adapter_pages: int
+    def __init__(self, worker_id: _Optional[str] = ..., total_pages: _Optional[int] = ..., free_pages: _Optional[int] = ..., evictable_pages: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., cached_adapters: _Optional[_Iterable[str]] = ..., loading_adapters: _Optional[_Iterable[str]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., adapter_fetches: _Optional[int] = ..., fetch_bytes_per_s: _Optional[float] = ..., fetch_ttfb_ms: _Optional[float] = ..., kv_pages: _Optional[int] = ..., active_adapter_pages: _Optional[int] = ...) -> None: ...
 
 class WorkerEvent(_message.Message):
     __slots__ = ("hello", "token", "completion", "error", "state", "batch")
