@@ -75,3 +75,39 @@ def test_services_bind_loopback_by_default_and_compose_says_0000():
         cmd = services[name]["command"]
         assert cmd[cmd.index("--host") + 1] == "0.0.0.0", name
     assert "-ip.bind=0.0.0.0" in services["s3"]["command"]
+
+
+def test_telemetry_jaeger_from_all_three_prometheus_scrapes_them_grafana_is_provisioned():
+    import re
+
+    import yaml
+
+    services = _config()["services"]
+    for name in ("store", "worker", "scheduler"):
+        assert services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    # Prometheus scrapes exactly the --metrics-port each service is started with
+    prom = services["prometheus"]
+    [mount] = [v for v in prom["volumes"] if v["target"] == "/etc/prometheus/prometheus.yml"]
+    scrape = yaml.safe_load(Path(mount["source"]).read_text())
+    targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    expected = set()
+    for name in ("store", "worker", "scheduler"):
+        cmd = services[name]["command"]
+        expected.add(f"{name}:{cmd[cmd.index('--metrics-port') + 1]}")
+    assert targets == expected
+    # Grafana: a Prometheus data source and a dashboard whose queries use metrics the services export
+    graf = services["grafana"]
+    mounts = {v["target"]: Path(v["source"]) for v in graf["volumes"]}
+    prov = mounts["/etc/grafana/provisioning"]
+    ds = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((prov / "dashboards" / "chameleon.yml").read_text())["providers"][0]
+    dash_dir = mounts[provider["options"]["path"]]
+    dash = json.loads((dash_dir / "chameleon.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    titles = " ".join(p["title"] for p in dash["panels"]).lower()
+    assert all(w in titles for w in ("ttft", "hit rate", "queue", "pool"))
+    exported = " ".join(p.read_text() for p in ROOT.glob("*/metrics.py"))
+    for metric in set(re.findall(r"chameleon_[a-z_]+", exprs)):
+        family = re.sub(r"_(bucket|total|count|sum)$", "", metric)
+        assert f'"{family}"' in exported, f"dashboard uses {metric}, which no service exports"
