@@ -66,11 +66,13 @@ class ChameleonClient:
                        seed: int | None = None, stop: list[str] | None = None,
                        min_tokens: int = 0, ignore_eos: bool = False,
                        request_id: str = "", timeout: float | None = None,
-                       trace_context=None) -> AsyncIterator[Chunk]:
+                       trace_context=None,
+                       sim_output_tokens: int | None = None) -> AsyncIterator[Chunk]:
         """Streams the completion. `min_tokens`: EOS and stop strings cannot end it earlier;
         `ignore_eos`: EOS tokens are generated like any other, only max_tokens or a stop
         string ends it. `trace_context` (an OpenTelemetry Context; default: the current one)
-        is the parent of the request's trace."""
+        is the parent of the request's trace. `sim_output_tokens` (live-sim only): a
+        --sim-profile worker ends the output with EOS as this token; real models ignore it."""
         params = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                            stop=stop or [], min_tokens=min_tokens,
                                            ignore_eos=ignore_eos)
@@ -78,6 +80,8 @@ class ChameleonClient:
             params.top_p = top_p
         if seed is not None:
             params.seed = seed
+        if sim_output_tokens is not None:
+            params.sim_output_tokens = sim_output_tokens
         req = scheduler_pb2.GenerateRequest(prompt=prompt, adapter_id=adapter or "", params=params,
                                             request_id=request_id)
         span = None

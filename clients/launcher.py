@@ -44,7 +44,7 @@ class Proc:
 
 @dataclass
 class ClusterSpec:
-    model: Path
+    model: Path | None               # None: the workers model one (--sim-profile in worker_args)
     adapters: Path | None            # a local folder; None when store_args name another backend
     num_workers: int = 1
     policy: str = "fifo"
@@ -98,7 +98,8 @@ class Cluster:
     def _store_args(self) -> list[str]:
         s = self.spec
         backend = ["--adapters", str(s.adapters)] if s.adapters is not None else []
-        return [*backend, "--base-model", str(s.model), *s.store_args]
+        model = ["--base-model", str(s.model)] if s.model is not None else []
+        return [*backend, *model, *s.store_args]
 
     def kill_store(self) -> None:
         """SIGKILL the adapter store (an outage, no goodbye)."""
@@ -143,9 +144,10 @@ class Cluster:
         s = self.spec
         self.store = self._spawn("store", "adapter_store.main", self._store_args())
         self._wait_ready(self.store)
+        model = ["--model", str(s.model)] if s.model is not None else []
         for i in range(s.num_workers):
             w = self._spawn(f"worker{i}", "gpu_worker.main",
-                            ["--model", str(s.model), "--store", self.store.address,
+                            [*model, "--store", self.store.address,
                              "--worker-id", f"worker{i}", *s.worker_args])
             self.workers.append(w)
         for w in self.workers:

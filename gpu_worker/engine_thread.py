@@ -110,9 +110,15 @@ class EngineThread:
         if fetch:
             self._cb.need_fetch(fetch)
 
+    def _idle_wait(self) -> float:
+        """How long to wait for a command when nothing can run: until the next modelled
+        copy lands (sim engines), at most 0.1 s."""
+        w = self.engine.wakeup_in()
+        return 0.1 if w is None else min(0.1, max(0.0005, w))
+
     def _drain(self, block: bool) -> None:
         try:
-            kind, arg = self._cmds.get(block=block, timeout=0.1 if block else None)
+            kind, arg = self._cmds.get(block=block, timeout=self._idle_wait() if block else None)
         except queue.Empty:
             return
         while True:

@@ -14,7 +14,7 @@ log = logging.getLogger("gpu_worker")
 
 @dataclass
 class WorkerConfig:
-    model: Path
+    model: Path | None                     # None only with sim_profile
     store: str
     host: str = "127.0.0.1"
     port: int = 0
@@ -34,15 +34,31 @@ class WorkerConfig:
     lora_backend: str = "auto"              # auto (triton on CUDA, torch elsewhere) | torch | triton
     adapter_fetch_deadline_s: float = 30.0  # a fetch retrying past this fails its requests (UNAVAILABLE)
     grace_s: float = 10.0
+    admission: str = "reserve"              # reserve | slora-peak (memory/admission.py)
+    max_step_tokens: int = 0                # tokens per engine step; 0: max(2048, max_context)
+    sim_profile: str | None = None          # live-sim: modelled model and pool (sim/profiles)
+
     metrics_port: int | None = None        # Prometheus /metrics (None: off)
 
     def __post_init__(self) -> None:
         from chameleon_common.metrics import check_metrics_port
 
         check_metrics_port(self.metrics_port)
-        self.model = Path(self.model)
-        if not (self.model / "config.json").exists():
-            raise ValueError(f"--model {self.model}: no config.json there (run `chameleon prepare-demo`?)")
+        if self.sim_profile is not None:
+            from sim.cost_model import profile_path
+            profile_path(self.sim_profile)      # raises ValueError naming the known profiles
+        elif self.model is None:
+            raise ValueError("--model is required (unless --sim-profile models one)")
+        if self.model is not None:
+            self.model = Path(self.model)
+            if not (self.model / "config.json").exists():
+                raise ValueError(f"--model {self.model}: no config.json there (run `chameleon prepare-demo`?)")
+        from gpu_worker.core.memory.admission import ADMISSION_NAMES
+        if self.admission not in ADMISSION_NAMES:
+            raise ValueError(f"unknown --admission {self.admission!r}; choose from "
+                             f"{', '.join(ADMISSION_NAMES)}")
+        if self.max_step_tokens < 0:
+            raise ValueError(f"--max-step-tokens must be >= 0, got {self.max_step_tokens}")
         if self.block_size <= 0 or self.max_running <= 0 or self.max_context <= 1:
             raise ValueError("block_size and max_running must be positive, max_context > 1")
         if self.pool_memory_bytes <= 0:
@@ -85,7 +101,7 @@ def cache_reserved(cache) -> int:
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     d = WorkerConfig.__dataclass_fields__
-    ap.add_argument("--model", required=True, help="Hugging Face Llama model folder")
+    ap.add_argument("--model", help="Hugging Face Llama model folder (not with --sim-profile)")
     ap.add_argument("--store", required=True, help="adapter store address host:port")
     ap.add_argument("--host", default=d["host"].default)
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -115,6 +131,22 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="how long a fetch from the adapter store may retry (with backoff) before "
                          "the requests waiting for it fail with UNAVAILABLE")
     ap.add_argument("--grace-s", type=float, default=d["grace_s"].default)
+    ap.add_argument("--admission", default=d["admission"].default,
+                    help="when a request may take memory: reserve (prompt + max_tokens up front) | "
+                         "slora-peak (S-LoRA's peak-memory estimate)")
+    ap.add_argument("--max-step-tokens", type=int, default=0,
+                    help="prompt + decode tokens per engine step (0: max(2048, --max-context))")
+    ap.add_argument("--sim-profile", metavar="PROFILE",
+                    help="live-sim: run the real engine loop, memory pool bookkeeping, cache, "
+                         "admission, prefetch and gRPC streams, but MODEL the device: each step "
+                         "waits the profile's modelled step time (sim/cost_model.py) instead of "
+                         "running a model and yields placeholder tokens (EOS as the request's "
+                         "sim_output_tokens-th token), the pool has the profile's pages, and an "
+                         "adapter load asks the store only for the adapter's rank and modules and "
+                         "waits its modelled host-to-device copy on one shared link. PROFILE: a "
+                         "name in sim/profiles (a40-llama7b, h100-llama7b) or a JSON path. "
+                         "--model, --device, --dtype, --pool-memory-bytes and --lora-backend are "
+                         "then unused")
     from chameleon_common.metrics import add_metrics_argument
 
     add_metrics_argument(ap)
@@ -129,10 +161,14 @@ def config_from_args(a: argparse.Namespace) -> WorkerConfig:
                         lru_slots=a.lru_slots, lru_max_rank=a.lru_max_rank,
                         predictive_prefetch=a.predictive_prefetch, lora_backend=a.lora_backend,
                         adapter_fetch_deadline_s=a.adapter_fetch_deadline_s, grace_s=a.grace_s,
-                        metrics_port=a.metrics_port)
+                        metrics_port=a.metrics_port, admission=a.admission,
+                        max_step_tokens=a.max_step_tokens, sim_profile=a.sim_profile)
 
 
 async def serve(cfg: WorkerConfig) -> None:
+    if cfg.sim_profile is not None:
+        from gpu_worker.sim_worker import serve_sim
+        return await serve_sim(cfg)
     import torch
     from tokenizers import Tokenizer
 
@@ -174,7 +210,9 @@ async def serve(cfg: WorkerConfig) -> None:
     num_pages = max(budget // page_bytes, -(-max_context // cfg.block_size) + reserved)
     engine = Engine(model, Tokenizer.from_file(str(cfg.model / "tokenizer.json")),
                     EngineConfig(block_size=cfg.block_size, num_blocks=int(num_pages),
-                                 max_running=cfg.max_running, max_step_tokens=max(2048, max_context),
+                                 max_running=cfg.max_running,
+                                 max_step_tokens=cfg.max_step_tokens or max(2048, max_context),
+                                 admission=cfg.admission,
                                  max_context=max_context, cache=cache,
                                  prefetch=PrefetcherConfig() if cfg.predictive_prefetch else None,
                                  lora_backend=cfg.lora_backend))

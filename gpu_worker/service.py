@@ -55,10 +55,16 @@ class _Request:
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, engine: Engine, fetcher: AdapterFetcher, info: worker_pb2.WorkerInfo,
-                 state_interval_s: float = 0.25, tracer=None):
+    def __init__(self, engine: Engine, fetcher: AdapterFetcher | None, info: worker_pb2.WorkerInfo,
+                 state_interval_s: float = 0.25, tracer=None, loader=None):
+        """Adapters come from `fetcher` (files from the store, parsed and staged here) or, when
+        given, `loader`: anything with `async load(adapter_id) -> staged weights` raising
+        AdapterFetchError (the --sim-profile worker's, which describes adapters, not loads them)."""
+        if (fetcher is None) == (loader is None):
+            raise ValueError("give the worker service exactly one of fetcher and loader")
         self.engine = engine
         self.fetcher = fetcher
+        self.loader = loader
         self.info = info
         self.state_interval_s = state_interval_s
         self.thread = EngineThread(engine, EngineCallbacks(
@@ -182,6 +188,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             return
         seq = Sequence(rid, list(a.prompt_token_ids), spec, adapter_id=a.adapter_id or None,
                        arrival=time.monotonic())
+        if p.HasField("sim_output_tokens"):   # honoured by a --sim-profile engine only
+            seq.sim_output_tokens = p.sim_output_tokens
         req = self._requests[rid] = _Request(seq, stream, time.monotonic())
         if self.traces is not None:
             req.spans = self.traces.admitted(rid, a.trace_context, seq.adapter_id, len(seq.prompt_ids))
@@ -199,12 +207,16 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         spans = self.traces.fetch_started(aid, self._trigger(aid)) if self.traces else None
         try:
             t0 = time.monotonic()
-            fetched = await self.fetcher.fetch(aid, spans.metadata if spans else ())
-            self.fetch_log.record(aid, t0, time.monotonic())
-            self.metrics.fetch_seconds.labels(self.info.worker_id).observe(time.monotonic() - t0)
-            if spans is not None:
-                spans.fetched(fetched.stats.nbytes, fetched.digest)
-            staged = await asyncio.to_thread(self._stage, fetched)
+            if self.loader is not None:
+                staged = await self.loader.load(aid)
+                self.fetch_log.record(aid, t0, time.monotonic())
+            else:
+                fetched = await self.fetcher.fetch(aid, spans.metadata if spans else ())
+                self.fetch_log.record(aid, t0, time.monotonic())
+                self.metrics.fetch_seconds.labels(self.info.worker_id).observe(time.monotonic() - t0)
+                if spans is not None:
+                    spans.fetched(fetched.stats.nbytes, fetched.digest)
+                staged = await asyncio.to_thread(self._stage, fetched)
             if spans is not None:
                 spans.staged(self.engine.memory.storage.layout(staged).num_pages)
         except AdapterFetchError as e:

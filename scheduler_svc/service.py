@@ -146,6 +146,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             bad = f"params.top_p must be in (0, 1], got {p.top_p}"
         elif not 0 <= p.min_tokens <= p.max_tokens:
             bad = f"params.min_tokens must be in [0, max_tokens={p.max_tokens}], got {p.min_tokens}"
+        elif p.HasField("sim_output_tokens") and p.sim_output_tokens <= 0:
+            bad = f"params.sim_output_tokens must be > 0 when set, got {p.sim_output_tokens}"
         elif p.temperature < 0:
             bad = f"params.temperature must be >= 0, got {p.temperature}"
         elif len(request.request_id) > 128:

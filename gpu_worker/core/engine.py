@@ -147,6 +147,11 @@ class Engine:
         self._retire(seq)
         return seq
 
+    def wakeup_in(self) -> float | None:
+        """Seconds until something lands that no command will announce (a modelled adapter
+        copy of a --sim-profile engine); None: nothing known."""
+        return None
+
     def has_work(self) -> bool:
         return bool(self.planner.running or self.planner.waiting or self.memory.copying())
 

@@ -47,6 +47,8 @@ class Sequence:
     num_computed: int = 0          # tokens whose K/V are in the cache
     finish: Finish | None = None
     order: int = 0                 # admission order on this worker (set by the engine)
+    # a --sim-profile worker's modelled model ends with EOS as this token (None: max_tokens)
+    sim_output_tokens: int | None = None
     # timings (engine clock, seconds)
     arrival: float = 0.0
     ready_at: float | None = None  # adapter resident

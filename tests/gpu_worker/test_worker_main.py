@@ -37,3 +37,22 @@ def test_triton_backend_without_cuda_or_interpreter_is_refused_with_a_fix(tiny_a
                         "--store", "127.0.0.1:1", "--lora-backend", "cutlass"],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "unknown --lora-backend 'cutlass'" in r.stderr, r.stderr[-2000:]
+
+
+def test_sim_profile_workers_need_no_model_and_check_their_flags():
+    import pytest
+
+    from gpu_worker.main import WorkerConfig
+
+    cfg = WorkerConfig(model=None, store="h:1", sim_profile="a40-llama7b", admission="slora-peak",
+                       max_step_tokens=1024)
+    assert cfg.model is None and cfg.sim_profile == "a40-llama7b"
+    with pytest.raises(ValueError, match="--model is required"):
+        WorkerConfig(model=None, store="h:1")
+    with pytest.raises(ValueError, match="unknown device profile 'z80'"):
+        WorkerConfig(model=None, store="h:1", sim_profile="z80")
+    with pytest.raises(ValueError, match="unknown --admission"):
+        WorkerConfig(model=None, store="h:1", sim_profile="a40-llama7b", admission="greedy")
+    r = subprocess.run([sys.executable, "-m", "gpu_worker.main", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert "--sim-profile" in r.stdout and "MODEL the device" in r.stdout

@@ -1,0 +1,294 @@
+"""A workload trace through the running services (`chameleon bench live`).
+
+Starts the adapter store, one worker and the scheduler as separate processes (as `make
+demo` does, clients/launcher.py), replays a workload trace (sim/workload.py: the same
+generator and JSONL as the discrete-event simulator) with its real arrival times through
+the scheduler's gRPC API, and reports what the clients saw: P50/P99 TTFT, P99 TBT, the
+adapter hit rate and throughput, over the requests that arrived after the warm-up.
+
+  --device sim:PROFILE  LIVE-SIM. The worker runs with --sim-profile PROFILE: its real engine
+                        loop, memory pool bookkeeping, cache, admission, prefetch and gRPC
+                        streams, but each step waits the profile's modelled step time and
+                        adapter copies wait their modelled host-to-device time; the store lists
+                        synthetic adapters (--sim-catalog). Paper scale (Llama-7B, 100 adapters)
+                        on this machine, in real time: a 120 s trace takes ~2 minutes.
+                        Requests carry their true output length (sim_output_tokens) for the
+                        modelled model only; the scheduler never sees it.
+  --device cpu          LIVE ON CPU. The real SmolLM2-135M and the demo's adapters (the trace's
+                        adapters mapped one-to-one onto them, with the demo adapters' own
+                        ranks), lengths scaled down further (--length-scale), and each output
+                        forced to its trace length with min_tokens = max_tokens (so the
+                        scheduler reserves the true length: a difference from live-sim).
+
+Policies are the evaluation's names (slora, chameleon, ...), each a scheduler policy, a
+worker cache policy and a worker admission rule. Every figure is labelled "live-sim" or
+"live on CPU".
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# the simulator's worker setup, so that live-sim and the discrete-event run agree
+SIM_MAX_RUNNING = 256
+SIM_MAX_STEP_TOKENS = 1024
+SIM_BLOCK_SIZE = 16
+# evaluation policy -> (scheduler policy, worker cache policy); worker admission slora-peak
+POLICIES = {
+    "slora": ("fifo", "slora"),
+    "slora-sjf": ("sjf", "slora"),
+    "vllm-lru": ("fifo", "lru"),
+    "chameleon": ("chameleon", "chameleon"),
+    "chameleon-cache-only": ("fifo", "chameleon"),
+    "chameleon-sched-only": ("chameleon", "slora"),
+    "chameleon-lru": ("chameleon", "chameleon-lru"),
+    "chameleon-fairshare": ("chameleon", "chameleon-fairshare"),
+}
+ADMISSION = "slora-peak"
+
+
+@dataclass
+class LiveRecord:
+    """One replayed request as its client saw it (seconds since the trace's start)."""
+    request_id: str
+    adapter_id: str | None
+    rank: int
+    input_tokens: int
+    arrival_s: float                 # the trace's arrival time
+    sent_s: float = 0.0              # when the client really sent it (lateness = sent - arrival)
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    tokens: int = 0
+    gaps_s: list[float] = field(default_factory=list)
+    adapter_load_ms: float = 0.0     # the worker's: adapter load on its critical path
+    error: str | None = None
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); nan for no values."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    return xs[max(0, min(len(xs) - 1, math.ceil(len(xs) * q / 100.0) - 1))]
+
+
+def summarize(records: list[LiveRecord], warmup_s: float, duration_s: float, end_s: float,
+              hits: int, misses: int) -> dict:
+    """Figures over the requests that arrived in [warmup_s, duration_s]; a request without a
+    first token counts with its wait until `end_s` (a lower bound). `hits`/`misses`: the
+    worker's adapter lookups over the same window."""
+    recs = [r for r in records if warmup_s <= r.arrival_s <= duration_s]
+    if not recs:
+        raise ValueError("no request arrived after the warm-up")
+    ttft = [r.ttft_s if r.ttft_s is not None else end_s - r.arrival_s for r in recs]
+    gaps = [g for r in recs for g in r.gaps_s]
+    window = max(1e-9, duration_s - warmup_s)
+    done = [r for r in recs if r.finish_s is not None and r.error is None]
+    late = [r.sent_s - r.arrival_s for r in recs]
+    return {
+        "requests": len(recs), "unfinished": len(recs) - len(done),
+        "errors": sum(1 for r in recs if r.error),
+        "p50_ttft_ms": percentile(ttft, 50) * 1000.0, "p99_ttft_ms": percentile(ttft, 99) * 1000.0,
+        "mean_ttft_ms": sum(ttft) / len(ttft) * 1000.0,
+        "p99_tbt_ms": (percentile(gaps, 99) if gaps else 0.0) * 1000.0,
+        "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+        "throughput_rps": len(done) / window,
+        "output_tokens_per_s": sum(r.tokens for r in done) / window,
+        "max_send_lateness_ms": max(late) * 1000.0,
+    }
+
+
+async def replay(address: str, records: list[LiveRecord], prompts: list[str],
+                 params: list[dict], on_warmup_end=None, warmup_s: float = 0.0,
+                 on_end=None, duration_s: float = 0.0, drain_s: float = 600.0) -> float:
+    """Send each request at its arrival time; returns the trace time when all had ended.
+    `on_warmup_end` / `on_end` are awaited at those trace times (status snapshots)."""
+    from clients.client import ChameleonClient, ChameleonError
+
+    async with ChameleonClient(address) as client:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+
+        async def one(rec: LiveRecord, prompt: str, kw: dict) -> None:
+            rec.sent_s = loop.time() - t0
+            last = None
+            try:
+                async for chunk in client.generate(prompt, adapter=rec.adapter_id,
+                                                   request_id=rec.request_id, **kw):
+                    now = loop.time() - t0
+                    if rec.first_token_s is None:
+                        rec.first_token_s = now
+                    elif last is not None:
+                        rec.gaps_s.append(now - last)
+                    last = now
+                    rec.tokens += len(chunk.token_ids)
+                    if chunk.finish_reason:
+                        rec.finish_s = now
+                        rec.adapter_load_ms = chunk.timings.get("adapter_load_ms", 0.0)
+            except ChameleonError as e:
+                rec.error = str(e)
+
+        async def at(t: float, fn) -> None:
+            await asyncio.sleep(max(0.0, t0 + t - loop.time()))
+            await fn()
+
+        marks = []
+        if on_warmup_end is not None:
+            marks.append(asyncio.create_task(at(warmup_s, on_warmup_end)))
+        if on_end is not None:
+            marks.append(asyncio.create_task(at(duration_s, on_end)))
+        tasks = []
+        for rec, prompt, kw in zip(records, prompts, params):
+            delay = t0 + rec.arrival_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(rec, prompt, kw)))
+        await asyncio.wait(tasks, timeout=drain_s)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*marks, return_exceptions=True)
+        return loop.time() - t0
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--device", required=True,
+                    help="sim:PROFILE (live-sim on a modelled device, e.g. sim:a40-llama7b) | cpu "
+                         "(the real SmolLM2-135M on this CPU, reduced scale)")
+    ap.add_argument("--policy", default="chameleon", choices=sorted(POLICIES))
+    ap.add_argument("--rps", type=float, default=None, help="default: 4 (sim), 1 (cpu)")
+    ap.add_argument("--duration-s", type=float, default=None,
+                    help="trace length in seconds of real time (default: 120 sim, 60 cpu)")
+    ap.add_argument("--warmup-s", type=float, default=None, help="default: 1/4 of the duration")
+    ap.add_argument("--num-adapters", type=int, default=None, help="default: 100 (sim), 24 (cpu)")
+    ap.add_argument("--length-scale", type=float, default=None,
+                    help="workload length scale (default: the paper's 0.2 for sim, 0.02 for cpu)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trace", type=Path, help="replay this workload JSONL instead of generating one")
+    ap.add_argument("--assets", type=Path, default=Path(".assets"), help="cpu: the demo's assets")
+    ap.add_argument("--json", type=Path, help="write the figures and per-request records here")
+
+
+def _workload(a: argparse.Namespace, sim: bool):
+    from sim.workload import Workload, WorkloadConfig
+
+    if a.trace is not None:
+        return Workload.load_jsonl(a.trace)
+    kw = {"rps": a.rps if a.rps is not None else (4.0 if sim else 1.0),
+          "duration_s": a.duration_s if a.duration_s is not None else (120.0 if sim else 60.0),
+          "num_adapters": a.num_adapters if a.num_adapters is not None else (100 if sim else 24),
+          "seed": a.seed}
+    if a.length_scale is not None or not sim:
+        kw["length_scale"] = a.length_scale if a.length_scale is not None else 0.02
+    return Workload.generate(WorkloadConfig(**kw))
+
+
+def run_live(device: str, policy: str, workload, warmup_s: float, workdir: Path,
+             assets: Path | None = None, progress=print) -> dict:
+    """Run the trace through real services; returns {"label", "summary", "records", ...}."""
+    from clients.launcher import Cluster, ClusterSpec
+    from clients.client import ChameleonClient
+
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(sorted(POLICIES))}")
+    sched, cache = POLICIES[policy]
+    reqs = workload.requests
+    records = [LiveRecord(r.request_id, r.adapter_id, r.rank, r.input_tokens, r.arrival_s) for r in reqs]
+    worker = ["--cache-policy", cache, "--admission", ADMISSION]
+    if device.startswith("sim:"):
+        from gpu_worker.core.sim_engine import sim_prompt
+
+        profile = device.removeprefix("sim:")
+        label = "live-sim"
+        trace = workdir / "trace.jsonl"
+        workload.save_jsonl(trace)
+        spec = ClusterSpec(model=None, adapters=None, policy=sched,
+                           store_args=["--sim-profile", profile, "--sim-catalog", str(trace)],
+                           worker_args=["--sim-profile", profile, "--block-size", str(SIM_BLOCK_SIZE),
+                                        "--max-running", str(SIM_MAX_RUNNING),
+                                        "--max-step-tokens", str(SIM_MAX_STEP_TOKENS), *worker])
+        prompts = [sim_prompt(r.input_tokens) for r in reqs]
+        params = [{"max_tokens": r.max_tokens, "sim_output_tokens": r.output_tokens} for r in reqs]
+    elif device == "cpu":
+        from clients.assets.demo import prepare_demo
+
+        label = "live on CPU"
+        got = prepare_demo(assets or Path(".assets"), progress=lambda m: progress(f"[assets] {m}"))
+        demo = sorted(p.name for p in Path(got["adapters"]).iterdir() if p.is_dir())
+        ids = sorted({a.adapter_id for a in workload.adapters})
+        if len(ids) > len(demo):
+            raise ValueError(f"the trace has {len(ids)} adapters; the demo has {len(demo)}")
+        mapping = dict(zip(ids, demo))
+        for rec in records:
+            rec.adapter_id = mapping.get(rec.adapter_id) if rec.adapter_id else None
+        spec = ClusterSpec(model=Path(got["model"]), adapters=Path(got["adapters"]), policy=sched,
+                           worker_args=["--max-running", "32", *worker])
+        prompts = [" ".join(["hello"] * r.input_tokens) for r in reqs]
+        params = [{"max_tokens": r.output_tokens, "min_tokens": r.output_tokens} for r in reqs]
+    else:
+        raise ValueError(f"--device {device!r}: use sim:PROFILE or cpu")
+    duration = workload.config.duration_s
+    snaps: dict[str, tuple[int, int]] = {}
+    with Cluster(spec, workdir) as cluster:
+        async def snap(name: str) -> None:
+            async with ChameleonClient(cluster.address) as c:
+                s = await c.status()
+            snaps[name] = (sum(w.cache_hits for w in s.workers), sum(w.cache_misses for w in s.workers))
+
+        async def go() -> float:
+            await snap("start")
+            end = await replay(cluster.address, records, prompts, params,
+                               on_warmup_end=lambda: snap("warmup"), warmup_s=warmup_s,
+                               on_end=lambda: snap("end"), duration_s=duration)
+            await snap("drained")
+            return end
+
+        progress(f"[bench live] {label}: {len(reqs)} requests over {duration:.0f} s, policy "
+                 f"{policy} ({sched} scheduler, {cache} cache); logs in {cluster.dir}")
+        t = time.monotonic()
+        end_s = asyncio.run(go())
+        progress(f"[bench live] replay took {time.monotonic() - t:.1f} s")
+    w0, w1 = snaps.get("warmup", snaps["start"]), snaps.get("end", snaps["drained"])
+    summary = summarize(records, warmup_s, duration, end_s, w1[0] - w0[0], w1[1] - w0[1])
+    return {"label": label, "device": device, "policy": policy, "rps": workload.config.rps,
+            "seed": workload.config.seed, "duration_s": duration, "warmup_s": warmup_s,
+            "num_adapters": len(workload.adapters), "summary": summary,
+            "records": [asdict(r) for r in records]}
+
+
+def print_summary(out: dict) -> None:
+    s = out["summary"]
+    print(f"\n{out['label']}: policy {out['policy']}, {out['device']}, {out['rps']:g} RPS, seed "
+          f"{out['seed']}, {out['duration_s']:.0f} s (warm-up {out['warmup_s']:.0f} s excluded), "
+          f"{out['num_adapters']} adapters")
+    rows = [("requests measured", f"{s['requests']} ({s['unfinished']} unfinished, {s['errors']} errors)"),
+            ("P50 TTFT", f"{s['p50_ttft_ms']:.0f} ms"), ("P99 TTFT", f"{s['p99_ttft_ms']:.0f} ms"),
+            ("P99 TBT", f"{s['p99_tbt_ms']:.0f} ms"), ("hit rate", f"{s['hit_rate']:.1%}"),
+            ("throughput", f"{s['throughput_rps']:.2f} req/s, {s['output_tokens_per_s']:.0f} tok/s"),
+            ("client send lateness", f"max {s['max_send_lateness_ms']:.0f} ms")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def run(a: argparse.Namespace) -> int:
+    sim = a.device.startswith("sim:")
+    if not sim and a.device != "cpu":
+        raise SystemExit(f"--device {a.device!r}: use sim:PROFILE or cpu")
+    wl = _workload(a, sim)
+    warmup = a.warmup_s if a.warmup_s is not None else wl.config.duration_s / 4
+    out = run_live(a.device, a.policy, wl, warmup, Path(tempfile.mkdtemp(prefix="chameleon-live-")),
+                   assets=a.assets)
+    print_summary(out)
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1))
+    return 0 if out["summary"]["errors"] == 0 else 1
