@@ -17,7 +17,7 @@ LORA_DTYPES = ("F16", "BF16", "F32")
 
 @dataclass
 class StoreConfig:
-    base_model: Path
+    base_model: Path | None                 # None only with a sim catalog
     adapters: Path | None = None            # local folder backend
     s3_bucket: str | None = None            # S3 backend (one of the two)
     s3_endpoint: str | None = None
@@ -37,11 +37,21 @@ class StoreConfig:
     stat_ttl_s: float = 1.0
     max_adapter_bytes: int = 2 << 30
     admin_token: str | None = field(default=None, repr=False)
+    sim_profile: str | None = None          # live-sim: synthetic adapters sized for this profile
+    sim_catalog: Path | None = None         # ... the adapters of this workload trace (JSONL)
+    sim_adapters: int = 0                   # ... or this many, spread over ranks 8-128
 
     def __post_init__(self) -> None:
         from chameleon_common.metrics import check_metrics_port
 
         check_metrics_port(self.metrics_port)
+        if self.sim_profile is not None:
+            self._check_sim()
+            return
+        if self.sim_catalog is not None or self.sim_adapters:
+            raise ValueError("--sim-catalog and --sim-adapters need --sim-profile")
+        if self.base_model is None:
+            raise ValueError("--base-model is required (unless --sim-profile)")
         self.base_model = Path(self.base_model)
         if (self.adapters is None) == (self.s3_bucket is None):
             raise ValueError("give exactly one backend: --adapters DIR or --s3-bucket NAME")
@@ -58,6 +68,19 @@ class StoreConfig:
                              "--max-adapter-bytes > 0")
         if self.admin_token is not None and not self.admin_token:
             raise ValueError("the admin token file is empty")
+
+
+    def _check_sim(self) -> None:
+        from sim.cost_model import profile_path
+
+        profile_path(self.sim_profile)          # ValueError naming the known profiles
+        if (self.sim_catalog is None) == (self.sim_adapters <= 0):
+            raise ValueError("--sim-profile needs exactly one of --sim-catalog TRACE.jsonl and "
+                             "--sim-adapters N")
+        if self.sim_catalog is not None and not Path(self.sim_catalog).is_file():
+            raise ValueError(f"--sim-catalog {self.sim_catalog}: no such file")
+        if self.adapters is not None or self.s3_bucket is not None:
+            raise ValueError("--sim-profile serves synthetic adapters: no --adapters or --s3-bucket")
 
 
 def make_validator(base_model: Path):
@@ -93,6 +116,19 @@ async def serve(cfg: StoreConfig) -> None:
     from chameleon_common.server import Server
     from chameleon.v1 import store_pb2_grpc
 
+    if cfg.sim_profile is not None:
+        from adapter_store.core.sim_catalog import SimCatalog, adapters_by_count, adapters_from_trace
+        from adapter_store.sim_store import SimStoreService
+
+        ids = (adapters_from_trace(str(cfg.sim_catalog)) if cfg.sim_catalog is not None
+               else adapters_by_count(cfg.sim_adapters))
+        server = Server(cfg.host, cfg.port, ["chameleon.v1.AdapterStore"])
+        store_pb2_grpc.add_AdapterStoreServicer_to_server(
+            SimStoreService(SimCatalog.for_profile(ids, cfg.sim_profile)), server.server)
+        log.info("adapter store: %d synthetic adapters sized for %s (sim catalog: descriptions "
+                 "only, no weights)", len(ids), cfg.sim_profile)
+        await server.run(port_file=cfg.port_file, grace_s=cfg.grace_s)
+        return
     backend = ThrottledBackend(make_backend(cfg), ThrottleConfig(cfg.backend_requests_per_s,
                                                                  cfg.backend_max_concurrent))
     catalog = AdapterCatalog(backend, make_validator(cfg.base_model), chunk_bytes=cfg.chunk_bytes,
@@ -123,7 +159,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--s3-access-key-id", help="default: AWS_ACCESS_KEY_ID")
     ap.add_argument("--s3-secret-file", type=Path,
                     help="file holding the S3 secret access key (default: AWS_SECRET_ACCESS_KEY)")
-    ap.add_argument("--base-model", type=Path, required=True, help="base model folder (config.json)")
+    ap.add_argument("--base-model", type=Path, help="base model folder (config.json)")
+    ap.add_argument("--sim-profile", metavar="PROFILE",
+                    help="live-sim: serve synthetic adapters instead of a backend, listed with their "
+                         "rank, the profile model's LoRA modules and the size their fp16 weights "
+                         "would have; no weights are stored or streamed (FetchAdapter fails "
+                         "FAILED_PRECONDITION), for --sim-profile workers")
+    ap.add_argument("--sim-catalog", type=Path, metavar="TRACE.jsonl",
+                    help="with --sim-profile: the adapters of this workload trace (sim/workload.py)")
+    ap.add_argument("--sim-adapters", type=int, default=0, metavar="N",
+                    help="with --sim-profile: N adapters spread evenly over ranks 8/16/32/64/128")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--port-file")
@@ -157,7 +202,8 @@ def config_from_args(a: argparse.Namespace) -> StoreConfig:
                        backend_requests_per_s=a.backend_requests_per_s,
                        backend_max_concurrent=a.backend_max_concurrent, stat_ttl_s=a.stat_ttl_s,
                        max_adapter_bytes=a.max_adapter_bytes, admin_token=token,
-                       metrics_port=a.metrics_port)
+                       metrics_port=a.metrics_port, sim_profile=a.sim_profile,
+                       sim_catalog=a.sim_catalog, sim_adapters=a.sim_adapters)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -156,7 +156,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             active_adapter_pages=page_uses(st)["adapter_active"], **self._fetch_state())
 
     def _fetch_state(self) -> dict:
-        s = self.fetcher.last_stats
+        s = self.fetcher.last_stats if self.fetcher is not None else None
         if s is None:
             return {}
         return {"adapter_fetches": self.fetcher.fetches, "fetch_bytes_per_s": s.bytes_per_s,

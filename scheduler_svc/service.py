@@ -96,6 +96,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         for link in self.links:
             link.start()
         self._loop_task = asyncio.create_task(self._schedule_loop())
+        self._loop_task.add_done_callback(_log_crash)
 
     async def stop(self) -> None:
         if self._loop_task:
@@ -434,6 +435,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             log.warning("re-queueing %s: worker %s went away", rid, link.address)
             self._trace_requeue(rid, "worker_lost", link.view.worker_id)
         self._kick.set()
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    """The scheduling loop must never end silently: nothing would be admitted any more."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the scheduling loop crashed", exc_info=task.exception())
 
 
 def _code_name(value: int) -> str:

@@ -9,14 +9,16 @@ FetchAdapter fails with FAILED_PRECONDITION. `--sim-profile` workers only need t
 description (their adapter copies are modelled); a model-running worker pointed at this
 store gets that clear error instead of weights.
 
-Same interface as `AdapterCatalog` (list / stat / iter_chunks), so the service is unchanged.
+Reads answer like `AdapterCatalog`'s (async `list` / `stat`); `adapter_store/sim_store.py`
+is the servicer that refuses fetches, pushes and deletes with that clear error.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from .catalog import AdapterInvalid, AdapterNotFound, AdapterRecord, FileRecord, check_adapter_id
+from .catalog import AdapterNotFound, AdapterRecord, FileRecord
+from .refs import parse_ref
 
 
 class SimCatalog:
@@ -27,15 +29,17 @@ class SimCatalog:
         if bytes_per_rank <= 0 or not target_modules:
             raise ValueError("bytes_per_rank must be positive and target_modules non-empty")
         self._records: dict[str, AdapterRecord] = {}
+        self.chunk_bytes = 1 << 20
         for aid, rank in adapters:
-            check_adapter_id(aid)
+            if parse_ref(aid).version is not None:
+                raise ValueError(f"a synthetic adapter is named without a version, got {aid!r}")
             if rank <= 0:
                 raise ValueError(f"adapter {aid!r}: rank must be positive, got {rank}")
             if aid in self._records:
                 raise ValueError(f"adapter {aid!r} is listed twice")
             digest = hashlib.sha256(f"sim:{aid}:r{rank}:{','.join(target_modules)}".encode()).hexdigest()
             self._records[aid] = AdapterRecord(
-                adapter_id=aid, rank=rank, lora_alpha=float(2 * rank), target_modules=list(target_modules),
+                adapter_id=aid, name=aid, rank=rank, lora_alpha=float(2 * rank), target_modules=list(target_modules),
                 size_bytes=rank * bytes_per_rank, sha256=digest, valid=True,
                 files=[FileRecord("synthetic (no weights)", 0, digest)])
         if not self._records:
@@ -49,23 +53,19 @@ class SimCatalog:
         cost = CostModel.from_profile(profile)
         return cls(adapters, list(cost.lora_modules), cost.adapter_bytes(1))
 
-    def list(self) -> list[AdapterRecord]:
+    async def list(self) -> list[AdapterRecord]:
         return [self._records[k] for k in sorted(self._records)]
 
-    def stat(self, adapter_id: str) -> AdapterRecord:
-        check_adapter_id(adapter_id)
-        rec = self._records.get(adapter_id)
+    async def stat(self, ref_text: str) -> AdapterRecord:
+        ref = parse_ref(ref_text)             # InvalidAdapterId for a malformed reference
+        rec = self._records.get(ref.name) if ref.version is None else None
         if rec is None:
-            raise AdapterNotFound(adapter_id)
+            raise AdapterNotFound(ref_text)
         return rec
 
-    def iter_chunks(self, adapter_id: str, chunk_bytes: int | None = None
-                    ) -> Iterator[tuple[FileRecord, int, bytes, bool]]:
-        self.stat(adapter_id)
-        raise AdapterInvalid(f"adapter {adapter_id!r} is synthetic (this store runs with a sim "
-                             "catalog): it has no weights to serve; only --sim-profile workers can "
-                             "use it")
-        yield  # unreachable: makes this a generator, which the service iterates
+
+NO_WEIGHTS = ("is synthetic (this store runs with a sim catalog): it has no weights to serve; "
+              "only --sim-profile workers can use it")
 
 
 def adapters_from_trace(path: str) -> list[tuple[str, int]]:

@@ -29,28 +29,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# the simulator's worker setup, so that live-sim and the discrete-event run agree
-SIM_MAX_RUNNING = 256
-SIM_MAX_STEP_TOKENS = 1024
-SIM_BLOCK_SIZE = 16
-# evaluation policy -> (scheduler policy, worker cache policy); worker admission slora-peak
-POLICIES = {
-    "slora": ("fifo", "slora"),
-    "slora-sjf": ("sjf", "slora"),
-    "vllm-lru": ("fifo", "lru"),
-    "chameleon": ("chameleon", "chameleon"),
-    "chameleon-cache-only": ("fifo", "chameleon"),
-    "chameleon-sched-only": ("chameleon", "slora"),
-    "chameleon-lru": ("chameleon", "chameleon-lru"),
-    "chameleon-fairshare": ("chameleon", "chameleon-fairshare"),
-}
-ADMISSION = "slora-peak"
+# the live worker runs the simulator's worker setup (sim/engine.py WorkerSpec), so that
+# live-sim and the discrete-event run model the same system
+def _sim_worker_defaults() -> dict[str, int]:
+    from sim.engine import WorkerSpec
+
+    f = WorkerSpec.__dataclass_fields__
+    return {k: f[k].default for k in ("block_size", "max_running", "max_step_tokens")}
 
 
 @dataclass
@@ -68,44 +58,51 @@ class LiveRecord:
     gaps_s: list[float] = field(default_factory=list)
     adapter_load_ms: float = 0.0     # the worker's: adapter load on its critical path
     error: str | None = None
+    # what sim/metrics.py reads of a record that the client cannot see
+    hit: bool | None = None          # (the hit rate comes from the worker's counters instead)
+    started_s: float | None = None
+    squashed: int = 0
 
     @property
     def ttft_s(self) -> float | None:
         return None if self.first_token_s is None else self.first_token_s - self.arrival_s
 
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]); nan for no values."""
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    return xs[max(0, min(len(xs) - 1, math.ceil(len(xs) * q / 100.0) - 1))]
+    @property
+    def adapter_wait_s(self) -> float:
+        return self.adapter_load_ms / 1000.0
 
 
-def summarize(records: list[LiveRecord], warmup_s: float, duration_s: float, end_s: float,
-              hits: int, misses: int) -> dict:
-    """Figures over the requests that arrived in [warmup_s, duration_s]; a request without a
-    first token counts with its wait until `end_s` (a lower bound). `hits`/`misses`: the
-    worker's adapter lookups over the same window."""
-    recs = [r for r in records if warmup_s <= r.arrival_s <= duration_s]
-    if not recs:
-        raise ValueError("no request arrived after the warm-up")
-    ttft = [r.ttft_s if r.ttft_s is not None else end_s - r.arrival_s for r in recs]
-    gaps = [g for r in recs for g in r.gaps_s]
-    window = max(1e-9, duration_s - warmup_s)
-    done = [r for r in recs if r.finish_s is not None and r.error is None]
-    late = [r.sent_s - r.arrival_s for r in recs]
-    return {
-        "requests": len(recs), "unfinished": len(recs) - len(done),
-        "errors": sum(1 for r in recs if r.error),
-        "p50_ttft_ms": percentile(ttft, 50) * 1000.0, "p99_ttft_ms": percentile(ttft, 99) * 1000.0,
-        "mean_ttft_ms": sum(ttft) / len(ttft) * 1000.0,
-        "p99_tbt_ms": (percentile(gaps, 99) if gaps else 0.0) * 1000.0,
-        "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
-        "throughput_rps": len(done) / window,
-        "output_tokens_per_s": sum(r.tokens for r in done) / window,
-        "max_send_lateness_ms": max(late) * 1000.0,
-    }
+@dataclass
+class LiveResult:
+    """The shape sim/metrics.py summarizes (as the simulator's SimResult)."""
+    policy: str
+    profile: str
+    seed: int
+    warmup_s: float
+    duration_s: float
+    end_s: float
+    records: list[LiveRecord]
+    label: str
+
+
+def summarize(result: LiveResult, hits: int, misses: int) -> dict:
+    """sim/metrics.py's figures over the requests that arrived in [warm-up, duration] (the
+    same definitions as the simulator's), with the hit rate from the worker's adapter lookups
+    over that window (`hits`/`misses`), and what only a live run has: errors and how late the
+    client sent requests."""
+    from sim.metrics import measured
+    from sim.metrics import summarize as sim_summarize
+
+    out = sim_summarize(result)
+    recs = measured(result)
+    out["hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
+    out["errors"] = sum(1 for r in recs if r.error)
+    out["output_tokens_per_s"] = (sum(r.tokens for r in recs if r.finish_s is not None)
+                                  / max(1e-9, result.duration_s - result.warmup_s))
+    out["max_send_lateness_ms"] = max(r.sent_s - r.arrival_s for r in recs) * 1000.0
+    for k in ("queue_share_by_rank", "squash_rate", "miss_cost_ms"):
+        out.pop(k, None)              # not observable from the clients
+    return out
 
 
 async def replay(address: str, records: list[LiveRecord], prompts: list[str],
@@ -137,6 +134,7 @@ async def replay(address: str, records: list[LiveRecord], prompts: list[str],
                         rec.adapter_load_ms = chunk.timings.get("adapter_load_ms", 0.0)
             except ChameleonError as e:
                 rec.error = str(e)
+                rec.finish_s = None
 
         async def at(t: float, fn) -> None:
             await asyncio.sleep(max(0.0, t0 + t - loop.time()))
@@ -164,7 +162,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", required=True,
                     help="sim:PROFILE (live-sim on a modelled device, e.g. sim:a40-llama7b) | cpu "
                          "(the real SmolLM2-135M on this CPU, reduced scale)")
-    ap.add_argument("--policy", default="chameleon", choices=sorted(POLICIES))
+    from sim.policies import POLICY_NAMES
+
+    ap.add_argument("--policy", default="chameleon", choices=POLICY_NAMES,
+                    help="an evaluation policy (sim/policies.py): scheduler + cache + admission")
     ap.add_argument("--rps", type=float, default=None, help="default: 4 (sim), 1 (cpu)")
     ap.add_argument("--duration-s", type=float, default=None,
                     help="trace length in seconds of real time (default: 120 sim, 60 cpu)")
@@ -195,27 +196,30 @@ def _workload(a: argparse.Namespace, sim: bool):
 def run_live(device: str, policy: str, workload, warmup_s: float, workdir: Path,
              assets: Path | None = None, progress=print) -> dict:
     """Run the trace through real services; returns {"label", "summary", "records", ...}."""
-    from clients.launcher import Cluster, ClusterSpec
     from clients.client import ChameleonClient
+    from clients.launcher import Cluster, ClusterSpec
+    from sim import policies
 
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(sorted(POLICIES))}")
-    sched, cache = POLICIES[policy]
+    spec_ = policies.get(policy)
+    sched, cache = spec_.scheduler, spec_.cache
     reqs = workload.requests
     records = [LiveRecord(r.request_id, r.adapter_id, r.rank, r.input_tokens, r.arrival_s) for r in reqs]
-    worker = ["--cache-policy", cache, "--admission", ADMISSION]
+    worker = ["--cache-policy", cache, "--admission", spec_.admission]
+    profile = device.removeprefix("sim:") if device.startswith("sim:") else "cpu"
     if device.startswith("sim:"):
         from gpu_worker.core.sim_engine import sim_prompt
 
-        profile = device.removeprefix("sim:")
         label = "live-sim"
         trace = workdir / "trace.jsonl"
         workload.save_jsonl(trace)
+        w = _sim_worker_defaults()
+        if cache == "lru":
+            worker += _lru_flags(spec_, profile, workload, w["block_size"])
         spec = ClusterSpec(model=None, adapters=None, policy=sched,
                            store_args=["--sim-profile", profile, "--sim-catalog", str(trace)],
-                           worker_args=["--sim-profile", profile, "--block-size", str(SIM_BLOCK_SIZE),
-                                        "--max-running", str(SIM_MAX_RUNNING),
-                                        "--max-step-tokens", str(SIM_MAX_STEP_TOKENS), *worker])
+                           worker_args=["--sim-profile", profile, "--block-size", str(w["block_size"]),
+                                        "--max-running", str(w["max_running"]),
+                                        "--max-step-tokens", str(w["max_step_tokens"]), *worker])
         prompts = [sim_prompt(r.input_tokens) for r in reqs]
         params = [{"max_tokens": r.max_tokens, "sim_output_tokens": r.output_tokens} for r in reqs]
     elif device == "cpu":
@@ -258,11 +262,30 @@ def run_live(device: str, policy: str, workload, warmup_s: float, workdir: Path,
         end_s = asyncio.run(go())
         progress(f"[bench live] replay took {time.monotonic() - t:.1f} s")
     w0, w1 = snaps.get("warmup", snaps["start"]), snaps.get("end", snaps["drained"])
-    summary = summarize(records, warmup_s, duration, end_s, w1[0] - w0[0], w1[1] - w0[1])
+    result = LiveResult(policy, profile, workload.config.seed, warmup_s, duration, end_s, records, label)
+    summary = summarize(result, w1[0] - w0[0], w1[1] - w0[1])
     return {"label": label, "device": device, "policy": policy, "rps": workload.config.rps,
             "seed": workload.config.seed, "duration_s": duration, "warmup_s": warmup_s,
             "num_adapters": len(workload.adapters), "summary": summary,
             "records": [asdict(r) for r in records]}
+
+
+def _lru_flags(spec, profile: str, workload, block_size: int) -> list[str]:
+    """vllm-lru's slots as the simulator sizes them (sim/policies.py cache_config): slots of
+    the workload's largest rank in LRU_POOL_SHARE of the pool."""
+    from gpu_worker.core.memory.sim_pool import SharedLink, SimPool
+    from gpu_worker.core.sim_engine import model_config, sim_adapter
+    from sim.cost_model import CostModel
+    from sim.policies import cache_config
+
+    cost = CostModel.from_profile(profile)
+    max_rank = max(a.rank for a in workload.adapters)
+    pages = cost.pool_pages(block_size)
+    pool = SimPool.for_model(model_config(cost), pages, block_size, SharedLink(lambda: 0.0, cost.copy_s),
+                             element_bytes=cost.dtype_bytes)
+    slot_pages = pool.layout(sim_adapter("probe", max_rank, [], cost)).num_pages
+    cfg = cache_config(spec, pages, slot_pages)
+    return ["--lru-slots", str(cfg.lru_slots), "--lru-max-rank", str(max_rank)]
 
 
 def print_summary(out: dict) -> None:
