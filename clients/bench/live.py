@@ -85,6 +85,37 @@ class LiveResult:
     label: str
 
 
+class _TokenClock:
+    """Token times as the client sees them. A step's output is one event: a token, or the
+    end-of-sequence that finishes the request (finish "eos": no visible token). Messages may
+    carry several steps' tokens (the services merge what a slow reader has not taken yet):
+    the first event of a message gets the gap since the previous message, the others 0, so
+    a request of N modelled tokens always has N - 1 gaps, as in the simulator."""
+
+    def __init__(self, rec: LiveRecord):
+        self.rec = rec
+        self.last: float | None = None
+        self.eos_seen = False
+
+    def chunk(self, now: float, tokens: int, finish: str | None) -> None:
+        rec = self.rec
+        events = tokens
+        if finish == "eos" and not self.eos_seen:
+            events += 1
+        if rec.first_token_s is None:
+            rec.first_token_s = now
+            if tokens == 0:            # the first step ended the request (EOS as token 1)
+                self.eos_seen = True
+            rec.gaps_s += [0.0] * (max(events, 1) - 1)
+            self.last = now
+        elif events:
+            rec.gaps_s += [now - self.last] + [0.0] * (events - 1)
+            self.last = now
+        rec.tokens += tokens
+        if finish:
+            rec.finish_s = now
+
+
 def summarize(result: LiveResult, hits: int, misses: int) -> dict:
     """sim/metrics.py's figures over the requests that arrived in [warm-up, duration] (the
     same definitions as the simulator's), with the hit rate from the worker's adapter lookups
@@ -118,19 +149,12 @@ async def replay(address: str, records: list[LiveRecord], prompts: list[str],
 
         async def one(rec: LiveRecord, prompt: str, kw: dict) -> None:
             rec.sent_s = loop.time() - t0
-            last = None
+            clock = _TokenClock(rec)
             try:
                 async for chunk in client.generate(prompt, adapter=rec.adapter_id,
                                                    request_id=rec.request_id, **kw):
-                    now = loop.time() - t0
-                    if rec.first_token_s is None:
-                        rec.first_token_s = now
-                    elif last is not None:
-                        rec.gaps_s.append(now - last)
-                    last = now
-                    rec.tokens += len(chunk.token_ids)
+                    clock.chunk(loop.time() - t0, len(chunk.token_ids), chunk.finish_reason)
                     if chunk.finish_reason:
-                        rec.finish_s = now
                         rec.adapter_load_ms = chunk.timings.get("adapter_load_ms", 0.0)
             except ChameleonError as e:
                 rec.error = str(e)
