@@ -221,9 +221,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _light_parser(cmd: str) -> argparse.ArgumentParser | None:
+    """`adapters` and `status` without building the full parser, whose bench and demo entries
+    import torch (seconds of start-up for a registry call)."""
+    if cmd not in ("adapters", "status"):
+        return None
+    ap = argparse.ArgumentParser(prog="chameleon")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser(cmd)
+    p.add_argument("--address", default=DEFAULT_ADDRESS)
+    p.set_defaults(func=_adapters if cmd == "adapters" else _status)
+    if cmd == "adapters":
+        _registry_parsers(p)
+    return ap
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = build_parser()
+    ap = (_light_parser(argv[0]) if argv and "-h" not in argv[:1] else None) or build_parser()
     if argv[:1] == ["serve"]:
         a, rest = ap.parse_known_args(argv)
         sys.exit(_serve(a, rest))

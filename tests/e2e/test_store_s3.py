@@ -45,7 +45,7 @@ def cluster(tiny_assets, seaweed, tmp_path_factory):
         # small chunks at a few object-store requests per second: a 290 KB adapter streams for
         # several seconds, long enough to pull the object store out from under it
         store_args=[*seaweed.store_args(), "--admin-token-file", str(token), "--chunk-bytes",
-                    str(16 << 10), "--backend-requests-per-s", "6", "--stat-ttl-s", "0.5"],
+                    str(8 << 10), "--backend-requests-per-s", "12", "--stat-ttl-s", "0.5"],
         worker_args=["--max-running", "4", "--block-size", "4",
                      "--adapter-fetch-deadline-s", str(FETCH_DEADLINE_S)],
         env={"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
