@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
-    for name in ("cache", "sched", "kernels", "store", "paper", "engine", "live"):
+    for name in ("cache", "sched", "kernels", "store", "paper", "engine", "live", "tracing"):
         try:
             mod = __import__(f"clients.bench.{name}", fromlist=["run"])
         except ImportError:

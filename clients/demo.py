@@ -134,6 +134,9 @@ def _run_cluster(args: argparse.Namespace, spec, adapter_ids: list[str]) -> int:
                              f"{args.store} store, "
                              f"{len(set(r.adapter for r in reqs if r.adapter))} "
                              f"adapters, SmolLM2-135M-Instruct")
+        from clients.ttft_report import format_slowest
+
+        print("\n" + format_slowest(results, 5))
         errors = [r.error for r in results if r.error]
         if errors:
             print(f"[demo] first error: {errors[0]}")

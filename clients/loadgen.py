@@ -36,6 +36,7 @@ class LoadResult:
     total_s: float = 0.0
     error: str | None = None
     server_timings: dict[str, float] = field(default_factory=dict)
+    trace_id: str = ""          # the request's trace (hex), to look up in Jaeger
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -63,6 +64,8 @@ async def _one(client: ChameleonClient, req: LoadRequest, timeout: float) -> Loa
                 res.tokens += len(c.token_ids)
             if c.timings:
                 res.server_timings = c.timings
+            if c.trace_id:
+                res.trace_id = c.trace_id
     except ChameleonError as e:
         res.error = str(e)
     res.total_s = time.perf_counter() - t0
