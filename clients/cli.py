@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(d)
     d.set_defaults(func=demo.run)
 
+    from clients import profile
+    pr = sub.add_parser("profile", help="measure a device profile (sim/profiles schema) on this "
+                                         "machine's GPU or CPU")
+    profile.add_arguments(pr)
+    pr.set_defaults(func=profile.run)
+
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
     for name in ("cache", "sched", "kernels", "store", "paper", "engine", "live", "tracing"):

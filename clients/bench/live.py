@@ -63,9 +63,23 @@ class LiveRecord:
     started_s: float | None = None
     squashed: int = 0
 
+    queue_ms: float = 0.0            # the scheduler's: arrival there -> admitted to the worker
+    server_ttft_ms: float = 0.0      # the scheduler's: arrival there -> first token sent
+
     @property
     def ttft_s(self) -> float | None:
-        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
+        """TTFT as the API reports it (Timings.ttft_ms): from the request's arrival at the
+        scheduler to its first token sent, the span the simulator models (it has no client
+        or network); the client's own view is `client_ttft_s`."""
+        if self.first_token_s is None:
+            return None
+        return self.server_ttft_ms / 1000.0 if self.server_ttft_ms > 0 else self.client_ttft_s
+
+    @property
+    def client_ttft_s(self) -> float | None:
+        """From the moment the client sent the request (a late client does not count) to the
+        first message it received."""
+        return None if self.first_token_s is None else self.first_token_s - self.sent_s
 
     @property
     def adapter_wait_s(self) -> float:
@@ -121,7 +135,7 @@ def summarize(result: LiveResult, hits: int, misses: int) -> dict:
     same definitions as the simulator's), with the hit rate from the worker's adapter lookups
     over that window (`hits`/`misses`), and what only a live run has: errors and how late the
     client sent requests."""
-    from sim.metrics import measured
+    from sim.metrics import measured, percentile
     from sim.metrics import summarize as sim_summarize
 
     out = sim_summarize(result)
@@ -131,6 +145,9 @@ def summarize(result: LiveResult, hits: int, misses: int) -> dict:
     out["output_tokens_per_s"] = (sum(r.tokens for r in recs if r.finish_s is not None)
                                   / max(1e-9, result.duration_s - result.warmup_s))
     out["max_send_lateness_ms"] = max(r.sent_s - r.arrival_s for r in recs) * 1000.0
+    client = [r.client_ttft_s for r in recs if r.client_ttft_s is not None]
+    out["client_p50_ttft_ms"] = percentile(client, 50) * 1000.0 if client else float("nan")
+    out["client_p99_ttft_ms"] = percentile(client, 99) * 1000.0 if client else float("nan")
     for k in ("queue_share_by_rank", "squash_rate", "miss_cost_ms"):
         out.pop(k, None)              # not observable from the clients
     return out
@@ -154,6 +171,9 @@ async def replay(address: str, records: list[LiveRecord], prompts: list[str],
                 async for chunk in client.generate(prompt, adapter=rec.adapter_id,
                                                    request_id=rec.request_id, **kw):
                     clock.chunk(loop.time() - t0, len(chunk.token_ids), chunk.finish_reason)
+                    if chunk.timings and not rec.server_ttft_ms:
+                        rec.queue_ms = chunk.timings.get("queue_ms", 0.0)
+                        rec.server_ttft_ms = chunk.timings.get("ttft_ms", 0.0)
                     if chunk.finish_reason:
                         rec.adapter_load_ms = chunk.timings.get("adapter_load_ms", 0.0)
             except ChameleonError as e:
@@ -318,7 +338,8 @@ def print_summary(out: dict) -> None:
           f"{out['seed']}, {out['duration_s']:.0f} s (warm-up {out['warmup_s']:.0f} s excluded), "
           f"{out['num_adapters']} adapters")
     rows = [("requests measured", f"{s['requests']} ({s['unfinished']} unfinished, {s['errors']} errors)"),
-            ("P50 TTFT", f"{s['p50_ttft_ms']:.0f} ms"), ("P99 TTFT", f"{s['p99_ttft_ms']:.0f} ms"),
+            ("P50 TTFT", f"{s['p50_ttft_ms']:.0f} ms (client: {s['client_p50_ttft_ms']:.0f} ms)"),
+            ("P99 TTFT", f"{s['p99_ttft_ms']:.0f} ms (client: {s['client_p99_ttft_ms']:.0f} ms)"),
             ("P99 TBT", f"{s['p99_tbt_ms']:.0f} ms"), ("hit rate", f"{s['hit_rate']:.1%}"),
             ("throughput", f"{s['throughput_rps']:.2f} req/s, {s['output_tokens_per_s']:.0f} tok/s"),
             ("client send lateness", f"max {s['max_send_lateness_ms']:.0f} ms")]
