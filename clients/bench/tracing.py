@@ -1,6 +1,7 @@
 """Tracing overhead: the same load with tracing off and on, in one run (`chameleon bench tracing`).
 
-Off: the services' default (no exporter). On: every request sampled (OTEL_TRACES_SAMPLER=
+Off: nothing sampled and no exporter (OTEL_TRACES_SAMPLER=always_off: spans are not even
+recorded, the cheapest state). On: every request sampled (OTEL_TRACES_SAMPLER=
 always_on) and every span exported over OTLP/HTTP to a real receiver (oteltap) in a
 process of its own, as a collector would be. Rounds alternate off, on, on, off, ... so slow drift of the machine cancels
 out; each round starts a fresh cluster (store, worker, scheduler) and sends the same
@@ -102,7 +103,8 @@ async def run_bench(model: Path, adapters: Path, adapter_ids: list[str], *, requ
         for mode in modes:
             env = ({"OTEL_TRACES_SAMPLER": "always_on",
                     "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}"}
-                   if mode == "on" else {"OTEL_TRACES_EXPORTER": "none"})
+                   if mode == "on" else {"OTEL_TRACES_EXPORTER": "none",
+                                         "OTEL_TRACES_SAMPLER": "always_off"})
             spec = ClusterSpec(model=model, adapters=adapters, policy=policy, env=env,
                                worker_args=["--max-running", str(concurrency)])
             before = receiver.spans
