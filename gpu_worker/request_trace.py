@@ -92,10 +92,10 @@ class FetchSpans:
     def loaded(self, at: float) -> None:
         """The adapter became resident at monotonic time `at`."""
         if self.load is not None:
-            self.load.end(end_time=max(wall_ns(at), self.load.start_time or 0))
+            self.load.end(end_time=max(wall_ns(at), getattr(self.load, "start_time", None) or 0))
             self.load = None
         if self._prefetch is not None:
-            self._prefetch.end(end_time=max(wall_ns(at), self._prefetch.start_time or 0))
+            self._prefetch.end(end_time=max(wall_ns(at), getattr(self._prefetch, "start_time", None) or 0))
             self._prefetch = None
 
     def failed(self, message: str) -> None:

@@ -60,3 +60,25 @@ def test_fetch_log_overlap():
     log.record("a", 1.0, 2.0)
     assert log.overlap_ms("a", 0.5, 1.5) == 500.0
     assert log.overlap_ms("a", 2.5, 3.0) == 0.0 and log.overlap_ms("b", 0, 9) == 0.0
+
+
+def test_unsampled_requests_go_through_every_hook():
+    """OTEL_TRACES_SAMPLER=always_off: spans do not record, and nothing may trip on that."""
+    from opentelemetry.sdk.trace import sampling
+
+    exp = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampling.ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exp))
+    wt = WorkerTraces(provider.get_tracer("t"), "w0")
+    T = time.monotonic()
+    a = wt.admitted("r1", {}, "ad", 3)
+    b = wt.admitted("r2", {}, "ad", 3)
+    f = wt.fetch_started("ad", a)
+    f.fetched(10, "d" * 64)
+    f.staged(2)
+    for spans, arrival in ((a, T), (b, T + 0.1)):
+        seq = Seq(arrival=arrival, adapter_wait_s=0.3, prefill_started_at=T + 0.5, first_token_at=T + 0.6)
+        wt.first_token(spans, seq, sent_at=T + 0.61)
+        wt.finished(spans, seq, "EOS")
+    wt.resident("ad", T + 0.3)
+    assert exp.get_finished_spans() == ()
