@@ -41,6 +41,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "chameleon-fairshare")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-step-tokens", type=int, default=0,
+                    help="the worker's step token budget (0: its default; chunked prefill)")
     ap.add_argument("--store", choices=["local", "s3"], default="local",
                     help="local: the store serves the adapter folder (default); s3: a SeaweedFS "
                          "started here holds the adapters and the store serves them from it")
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
           f"{len(adapter_ids)} of {len(list(adapters_dir.iterdir()))} adapters in the load")
     spec = ClusterSpec(model=model, adapters=adapters_dir, policy=args.policy,
                        worker_args=["--max-running", str(args.concurrency),
+                                    "--max-step-tokens", str(args.max_step_tokens),
                                     "--cache-policy", args.cache_policy])
     with contextlib.ExitStack() as stack:
         if args.store == "s3":

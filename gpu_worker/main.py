@@ -26,6 +26,9 @@ class WorkerConfig:
     gpu_memory_fraction: float = 0.8       # CUDA: fraction of free memory for the pool
     max_running: int = 32
     max_context: int = 2048
+    # tokens one engine step may run (decodes first, then prompt chunks); 0 = 2048 on CUDA,
+    # 128 on the CPU, where a step of many prompt tokens stalls every running request
+    max_step_tokens: int = 0
     pool_memory_bytes: int = 512 * 1024 * 1024  # CPU: bytes of the unified pool (KV + adapters)
     cache_policy: str = "chameleon"         # slora | lru | chameleon | chameleon-lru | chameleon-fairshare
     lru_slots: int = 8                      # --cache-policy lru: adapter slots reserved at max rank
@@ -35,7 +38,6 @@ class WorkerConfig:
     adapter_fetch_deadline_s: float = 30.0  # a fetch retrying past this fails its requests (UNAVAILABLE)
     grace_s: float = 10.0
     admission: str = "reserve"              # reserve | slora-peak (memory/admission.py)
-    max_step_tokens: int = 0                # tokens per engine step; 0: max(2048, max_context)
     sim_profile: str | None = None          # live-sim: modelled model and pool (sim/profiles)
 
     metrics_port: int | None = None        # Prometheus /metrics (None: off)
@@ -57,10 +59,11 @@ class WorkerConfig:
         if self.admission not in ADMISSION_NAMES:
             raise ValueError(f"unknown --admission {self.admission!r}; choose from "
                              f"{', '.join(ADMISSION_NAMES)}")
-        if self.max_step_tokens < 0:
-            raise ValueError(f"--max-step-tokens must be >= 0, got {self.max_step_tokens}")
         if self.block_size <= 0 or self.max_running <= 0 or self.max_context <= 1:
             raise ValueError("block_size and max_running must be positive, max_context > 1")
+        if self.max_step_tokens < 0 or 0 < self.max_step_tokens < self.max_running:
+            raise ValueError(f"max_step_tokens must be 0 (auto) or >= max_running "
+                             f"({self.max_running}), got {self.max_step_tokens}")
         if self.pool_memory_bytes <= 0:
             raise ValueError("pool_memory_bytes must be positive")
         if not 0 < self.gpu_memory_fraction < 1:
@@ -95,6 +98,15 @@ def cache_config(cfg: WorkerConfig, mc):
     return CacheConfig("lru", lru_slots=cfg.lru_slots, lru_slot_pages=slot_pages)
 
 
+def default_step_tokens(device: str, max_running: int) -> int:
+    """The engine step's token budget when --max-step-tokens is 0 (auto)."""
+    return max(max_running, 2048 if device.startswith("cuda") else 128)
+
+
+def step_tokens(cfg: WorkerConfig, device: str) -> int:
+    return cfg.max_step_tokens or default_step_tokens(device, cfg.max_running)
+
+
 def cache_reserved(cache) -> int:
     return cache.lru_slots * cache.lru_slot_pages if cache.policy == "lru" else 0
 
@@ -116,6 +128,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--gpu-memory-fraction", type=float, default=d["gpu_memory_fraction"].default)
     ap.add_argument("--max-running", type=int, default=d["max_running"].default)
     ap.add_argument("--max-context", type=int, default=d["max_context"].default)
+    ap.add_argument("--max-step-tokens", type=int, default=d["max_step_tokens"].default,
+                    help="token budget of one engine step: running requests' decode tokens "
+                         "first, then prompts in chunks (0: 2048 on CUDA, 128 on the CPU)")
     ap.add_argument("--cache-policy", default=d["cache_policy"].default,
                     help="slora | lru | chameleon | chameleon-lru | chameleon-fairshare")
     ap.add_argument("--lru-slots", type=int, default=d["lru_slots"].default)
@@ -134,8 +149,6 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--admission", default=d["admission"].default,
                     help="when a request may take memory: reserve (prompt + max_tokens up front) | "
                          "slora-peak (S-LoRA's peak-memory estimate)")
-    ap.add_argument("--max-step-tokens", type=int, default=0,
-                    help="prompt + decode tokens per engine step (0: max(2048, --max-context))")
     ap.add_argument("--sim-profile", metavar="PROFILE",
                     help="live-sim: run the real engine loop, memory pool bookkeeping, cache, "
                          "admission, prefetch and gRPC streams, but MODEL the device: each step "
@@ -157,12 +170,13 @@ def config_from_args(a: argparse.Namespace) -> WorkerConfig:
                         port_file=a.port_file, worker_id=a.worker_id, device=a.device,
                         dtype=a.dtype, block_size=a.block_size, pool_memory_bytes=a.pool_memory_bytes,
                         gpu_memory_fraction=a.gpu_memory_fraction, max_running=a.max_running,
-                        max_context=a.max_context, cache_policy=a.cache_policy,
+                        max_context=a.max_context, max_step_tokens=a.max_step_tokens,
+                        cache_policy=a.cache_policy,
                         lru_slots=a.lru_slots, lru_max_rank=a.lru_max_rank,
                         predictive_prefetch=a.predictive_prefetch, lora_backend=a.lora_backend,
                         adapter_fetch_deadline_s=a.adapter_fetch_deadline_s, grace_s=a.grace_s,
                         metrics_port=a.metrics_port, admission=a.admission,
-                        max_step_tokens=a.max_step_tokens, sim_profile=a.sim_profile)
+                        sim_profile=a.sim_profile)
 
 
 async def serve(cfg: WorkerConfig) -> None:
@@ -211,7 +225,7 @@ async def serve(cfg: WorkerConfig) -> None:
     engine = Engine(model, Tokenizer.from_file(str(cfg.model / "tokenizer.json")),
                     EngineConfig(block_size=cfg.block_size, num_blocks=int(num_pages),
                                  max_running=cfg.max_running,
-                                 max_step_tokens=cfg.max_step_tokens or max(2048, max_context),
+                                 max_step_tokens=step_tokens(cfg, device),
                                  admission=cfg.admission,
                                  max_context=max_context, cache=cache,
                                  prefetch=PrefetcherConfig() if cfg.predictive_prefetch else None,

@@ -147,13 +147,15 @@ def engine_parts(model_dir: Path, adapters_dir: Path, max_running: int):
     from gpu_worker.core.engine import Engine, EngineConfig
     from gpu_worker.core.lora import LoraAdapter
     from gpu_worker.core.model import LlamaModel
+    from gpu_worker.main import default_step_tokens
 
     model = LlamaModel.load(model_dir)
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     pages = (512 << 20) // unified_pool.page_bytes(model.config, 16, model.dtype)  # the worker's default
     ctx = min(2048, model.config.max_position_embeddings)
     eng = Engine(model, tok, EngineConfig(block_size=16, num_blocks=int(pages), max_running=max_running,
-                                          max_step_tokens=max(2048, ctx), max_context=ctx))
+                                          max_step_tokens=default_step_tokens("cpu", max_running),
+                                          max_context=ctx))
     adapters = {p.name: LoraAdapter.from_peft_dir(p, model.config)
                 for p in sorted(adapters_dir.iterdir()) if p.is_dir()}
     return eng, tok, adapters

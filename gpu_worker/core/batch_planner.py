@@ -1,8 +1,13 @@
 """Which sequences run in the next engine step (the worker-local scheduler).
 
-Running sequences decode one token each; ready sequences (adapter resident)
-are prefilled in arrival order while the step's token budget and the KV
-pages allow. Prefill and decode share the step (continuous batching).
+Every step has a token budget (`max_step_tokens`). Running sequences that are
+decoding take one token each, first and always; running sequences whose prompt
+is only partly in the cache continue their prefill with the next chunk of it;
+then ready sequences (adapter resident) start in arrival order while budget,
+slots and the KV reservation allow. A prompt longer than what is left of the
+budget is prefilled in chunks over several steps (chunked prefill), so joining
+requests never stall the running ones for more than one budget's worth of
+prefill. Prefill and decode share the step (continuous batching).
 Pages are allocated lazily, but a sequence only starts when the reservation
 ledger (memory/admission.py) says the pages every committed request may
 still need are there, so a decode never runs out of pages and nothing is
@@ -30,10 +35,20 @@ class KvPages(Protocol):
 class StepPlan:
     prefill: list[Sequence] = field(default_factory=list)
     decode: list[Sequence] = field(default_factory=list)
+    prefill_tokens: list[int] = field(default_factory=list)  # prompt tokens of each prefill now
 
     @property
     def seqs(self) -> list[Sequence]:
         return self.prefill + self.decode
+
+    @property
+    def query_lens(self) -> list[int]:
+        """Tokens of each of `seqs` in this step."""
+        return self.prefill_tokens + [1] * len(self.decode)
+
+    def add_prefill(self, seq: Sequence, tokens: int) -> None:
+        self.prefill.append(seq)
+        self.prefill_tokens.append(tokens)
 
     def __bool__(self) -> bool:
         return bool(self.prefill or self.decode)
@@ -76,23 +91,37 @@ class BatchPlanner:
                 raise MemoryError(f"no KV page for running request {seq.request_id}")
             seq.block_table += pages
 
+    @staticmethod
+    def decoding(seq: Sequence) -> bool:
+        """Its whole prompt is in the cache (a sampled token exists or is due)."""
+        return bool(seq.output_ids) or seq.num_computed >= len(seq.prompt_ids)
+
     def plan(self, ignore_held: bool = False) -> StepPlan:
         """`ignore_held`: start ready requests even into the room kept for the request
         blocked waiting for adapter room (the engine's safety net when nothing runs)."""
         plan = StepPlan()
+        chunked = []
         for s in self.running:
-            self._grow(s, s.num_tokens)  # this step writes K/V at position num_tokens - 1
-            plan.decode.append(s)
+            if self.decoding(s):
+                self._grow(s, s.num_tokens)  # this step writes K/V at position num_tokens - 1
+                plan.decode.append(s)
+            else:
+                chunked.append(s)
         budget = self.max_step_tokens - len(plan.decode)
-        while self.waiting and len(self.running) < self.max_running:
+        for s in chunked:   # prefills under way continue, oldest first
+            if budget <= 0:
+                return plan
+            n = min(len(s.prompt_ids) - s.num_computed, budget)
+            self._grow(s, s.num_computed + n)
+            plan.add_prefill(s, n)
+            budget -= n
+        while budget > 0 and self.waiting and len(self.running) < self.max_running:
             s = self.waiting[0]
-            # the first prefill of a step always goes, so a long prompt cannot stall
-            if plan.prefill and len(s.prompt_ids) > budget:
-                break
             if not self.ledger.may_start(s, ignore_blocked=ignore_held):
                 break
             self.ledger.start(s)
-            self._grow(s, len(s.prompt_ids))
-            budget -= len(s.prompt_ids)
-            plan.prefill.append(s)
+            n = min(len(s.prompt_ids) - s.num_computed, budget)
+            self._grow(s, s.num_computed + n)
+            plan.add_prefill(s, n)
+            budget -= n
         return plan

@@ -49,8 +49,9 @@ class EngineConfig:
         for name in ("block_size", "num_blocks", "max_running", "max_step_tokens", "max_context"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_step_tokens < self.max_context:
-            raise ValueError("max_step_tokens must be >= max_context so any prompt can prefill")
+        if self.max_step_tokens < self.max_running:
+            raise ValueError("max_step_tokens must be >= max_running: every running request "
+                             "decodes one token per step")
         if self.admission not in ADMISSION_NAMES:
             raise ValueError(f"unknown admission policy {self.admission!r}; choose from "
                              f"{ADMISSION_NAMES}")
@@ -186,12 +187,12 @@ class Engine:
         slots: list[int] = []
         qlens, clens, tables, adapters = [], [], [], []
         bs = self.cfg.block_size
-        for s in plan.seqs:
+        for s, n in zip(plan.seqs, plan.query_lens):
             start, n_prompt = s.num_computed, len(s.prompt_ids)
             if start >= n_prompt:   # decoding: only the tokens not in the cache yet
-                toks = s.output_ids[start - n_prompt:]
-            else:
-                toks = s.prompt_ids[start:] + s.output_ids
+                toks = s.output_ids[start - n_prompt:start - n_prompt + n]
+            else:                   # the next chunk of the prompt
+                toks = s.prompt_ids[start:start + n]
             end = start + len(toks)
             ids += toks
             pos += range(start, end)
@@ -233,6 +234,13 @@ class Engine:
 
     def _postprocess(self, plan: StepPlan, logits: torch.Tensor) -> list[EngineEvent]:
         seqs = plan.seqs
+        # a prompt chunk that leaves part of its prompt for later steps samples nothing yet
+        rows = [i for i, s in enumerate(seqs) if s.num_computed >= len(s.prompt_ids)]
+        if len(rows) < len(seqs):
+            if not rows:
+                return []
+            seqs = [seqs[i] for i in rows]
+            logits = logits[torch.tensor(rows, device=logits.device)]
         with scope(SAMPLING):
             logits = self._mask_eos(seqs, logits)
             tokens = sample(logits, [s.spec.temperature for s in seqs],

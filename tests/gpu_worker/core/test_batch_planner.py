@@ -55,13 +55,28 @@ def test_admission_keeps_room_for_every_running_reservation():
     assert p.plan().prefill == [seqs[2]]
 
 
-def test_step_token_budget_limits_prefills_but_first_always_runs():
+def test_long_prompts_prefill_in_chunks_behind_the_running_decodes():
     p = BatchPlanner(kv_pages(100), block_size=4, max_running=8, max_step_tokens=10)
-    big, small = seq("big", 9, 1), seq("small", 5, 1)
+    run = seq("run", 3, 8)
+    p.add(run)
+    assert p.plan().prefill_tokens == [3]
+    run.num_computed, run.output_ids = 3, [9]
+    big, small = seq("big", 17, 1), seq("small", 5, 1)
     p.add(big)
     p.add(small)
-    assert p.plan().prefill == [big]
-    assert p.plan().prefill == [small]
+    plan = p.plan()      # the decode first, then as much of the oldest prompt as fits
+    assert plan.decode == [run] and plan.prefill == [big] and plan.prefill_tokens == [9]
+    assert plan.query_lens == [9, 1] and len(big.block_table) == pages_for(9, 4)
+    big.num_computed = 9
+    run.num_computed, run.output_ids = 4, [9, 9]
+    plan = p.plan()      # the rest of big, then the start of small
+    assert plan.decode == [run] and plan.prefill == [big, small]
+    assert plan.prefill_tokens == [8, 1]
+    big.num_computed, small.num_computed = 17, 1
+    big.output_ids = [5]
+    run.num_computed, run.output_ids = 5, [9, 9, 9]
+    plan = p.plan()
+    assert plan.decode == [run, big] and plan.prefill == [small] and plan.prefill_tokens == [4]
 
 
 def test_remove_frees_pages():

@@ -15,9 +15,9 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time",
            "SELECT name FROM users WHERE", "1, 2, 3, 4,", "Why is the sky blue?"]
 
 
-def run_engine(model, tok, adapters, jobs, max_tokens, block_size=4, stagger=True):
+def run_engine(model, tok, adapters, jobs, max_tokens, block_size=4, stagger=True, step_tokens=256):
     eng = Engine(model, tok, EngineConfig(block_size=block_size, num_blocks=512, max_running=16,
-                                          max_step_tokens=256, max_context=256),
+                                          max_step_tokens=step_tokens, max_context=256),
                  )
     seqs = []
     for i, (prompt, adapter) in enumerate(jobs):
@@ -45,6 +45,19 @@ def test_mixed_batch_matches_hf_for_every_adapter_and_base(engine_parts):
                         prompt, 10)
         assert s.output_ids == ref, (adapter, prompt)
         assert s.finish in (Finish.LENGTH, Finish.EOS)
+
+
+def test_chunked_prefill_matches_hf(engine_parts):
+    """A 16-token step budget splits every longer prompt over steps, beside running decodes."""
+    model_dir, model, tok, adapters, adapter_root = engine_parts
+    names = sorted(adapters)
+    long = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+    jobs = [(long, names[0]), (PROMPTS[1], None), (long + " every day", names[1]), (PROMPTS[3], names[2])]
+    assert len(tok.encode(long, add_special_tokens=False).ids) > 16
+    seqs = run_engine(model, tok, adapters, jobs, max_tokens=8, step_tokens=16)
+    for (prompt, adapter), s in zip(jobs, seqs):
+        ref = hf_greedy(model_dir, Path(adapter_root) / adapter if adapter else None, prompt, 8)
+        assert s.output_ids == ref, (adapter, prompt)
 
 
 def test_batching_does_not_change_tokens(engine_parts):
