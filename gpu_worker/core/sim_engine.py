@@ -160,6 +160,8 @@ class SimEngine(Engine):
             logits[i, SIM_EOS if n is not None and len(s.output_ids) + 1 >= n else target] = 0.0
         for s in plan.prefill:
             s.prefill_ms += elapsed_ms
+            if s.prefill_started_at is None:   # for the request's prefill span
+                s.prefill_started_at = now
         return logits
 
 
