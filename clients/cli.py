@@ -103,6 +103,14 @@ def _status(a: argparse.Namespace) -> int:
             if w.adapter_fetches:
                 print(f"    {w.adapter_fetches} adapters fetched from the store; the last at "
                       f"{w.fetch_bytes_per_s / 1e6:.1f} MB/s, first byte after {w.fetch_ttfb_ms:.1f} ms")
+            print(f"    pool pages: {w.kv_pages} KV, {w.active_adapter_pages} adapters in use, "
+                  f"{w.evictable_pages} idle adapters, {w.free_pages} free")
+        for q in s.queues:
+            bound = f"WRS < {q.upper_wrs:.3g}" if q.HasField("upper_wrs") else "the rest"
+            print(f"  queue {q.index} ({bound}): {q.length} waiting, quota {q.quota_tokens} tokens, "
+                  f"{q.held_tokens} held")
+        if s.requests_by_status:
+            print("  requests: " + ", ".join(f"{k} {v}" for k, v in sorted(s.requests_by_status.items())))
         for k in sorted(s.metrics):
             print(f"  {k} = {s.metrics[k]:g}")
 

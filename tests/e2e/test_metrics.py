@@ -3,6 +3,8 @@ reports the same numbers."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -41,6 +43,9 @@ async def test_metrics_from_every_service_add_up(tiny_assets):
                 await c.complete(f"Request {i}", adapter=a, max_tokens=3)
             await asyncio.sleep(0.6)   # the worker's state stream ticks every 0.25 s
             status = await c.status()
+        cli = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "clients.cli", "status",
+                                                       "--address", cluster.address],
+                                      capture_output=True, text=True, timeout=60)
         sched = scrape(cluster.scheduler.metrics_url)
         worker = scrape(cluster.workers[0].metrics_url)
         store = scrape(cluster.store.metrics_url)
@@ -77,3 +82,6 @@ async def test_metrics_from_every_service_add_up(tiny_assets):
     assert total(store, "chameleon_store_fetch_bytes_total") > 0
     assert total(store, "chameleon_store_fetch_errors_total") == 0
     assert total(store, "chameleon_store_requests_total", method="StatAdapter") >= with_adapter
+    # the CLI shows the same figures
+    assert f"requests: OK {n}" in cli.stdout and "pool pages:" in cli.stdout, cli.stdout + cli.stderr
+    assert "queue 0 (" in cli.stdout
