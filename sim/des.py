@@ -153,11 +153,18 @@ class _Sim:
                 continue
             v = self._views[w.worker_id]
             cache = w.memory.cache
-            entries = [cache.entry(a) for a in list(cache._entries)]
-            v.cached_adapters = {e.adapter_id for e in entries if e.loaded}
-            v.loading_adapters = {e.adapter_id for e in entries if not e.loaded}
+            cached, loading, idle = set(), set(), 0
+            for a in cache.adapter_ids():       # one pass (the worker's CacheStats, cheaper)
+                e = cache.entry(a)
+                if e.loaded:
+                    cached.add(a)
+                    if not e.holders:
+                        idle += len(e.pages)
+                else:
+                    loading.add(a)
+            v.cached_adapters, v.loading_adapters = cached, loading
             v.free_bytes = cache.pool.num_free * v.page_bytes
-            v.evictable_bytes = cache.idle_adapter_pages() * v.page_bytes
+            v.evictable_bytes = idle * v.page_bytes
             v.waiting = w.waiting()
             out.append(v)
         return self.book.views_for(out)

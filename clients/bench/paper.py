@@ -204,12 +204,24 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="write report.md, details.json and the PNG plots here")
     ap.add_argument("--policies", default=None, help="comma-separated subset of: " + ", ".join(POLICY_NAMES))
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU)")
+    ap.add_argument("--rps", default=None, help="comma-separated loads (default: the sweep's own)")
+    ap.add_argument("--duration-s", type=float, default=None, help="seconds of arrivals per run")
+    ap.add_argument("--warmup-s", type=float, default=None, help="seconds left out of every figure")
+    ap.add_argument("--adapter-counts", default=None,
+                    help="comma-separated adapter counts for the hit-rate plot (default: the sweep's)")
 
 
 def sweep_from_args(args: argparse.Namespace) -> Sweep:
     sw = QUICK if args.quick else FULL
     if args.seeds is not None:
         sw = replace(sw, seeds=args.seeds)
+    if args.adapter_counts:
+        sw = replace(sw, adapter_counts=tuple(int(x) for x in args.adapter_counts.split(",")))
+    if args.rps:
+        sw = replace(sw, rps=tuple(float(x) for x in args.rps.split(",")))
+    if args.duration_s is not None or args.warmup_s is not None:
+        sw = replace(sw, duration_s=args.duration_s or sw.duration_s,
+                     warmup_s=sw.warmup_s if args.warmup_s is None else args.warmup_s)
     if args.policies:
         names = tuple(p.strip() for p in args.policies.split(",") if p.strip())
         bad = [p for p in names if p not in POLICY_NAMES]

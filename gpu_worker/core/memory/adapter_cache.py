@@ -120,6 +120,10 @@ class AdapterCache:
     def entry(self, adapter_id: str) -> AdapterEntry | None:
         return self._entries.get(adapter_id)
 
+    def adapter_ids(self) -> list[str]:
+        """Adapters cached or loading."""
+        return list(self._entries)
+
     @property
     def num_adapters(self) -> int:
         """Adapters cached or loading."""

@@ -206,3 +206,42 @@ def test_round_params_are_validated():
     wq = WorkerQueues("w", lambda r: 1.0)
     with pytest.raises(ValueError):
         wq.set_layout((0.5,), [100])
+
+
+# -- bounded wait (aging) ---------------------------------------------------------------
+def _aging_queues():
+    wq = queues((0.5,), [10_000, 10_000])
+    wq.push(entry("big", 0.9, 100, 100, arrival=0.0))
+    for i in range(3):
+        wq.push(entry(f"s{i}", 0.1, 10, 10, arrival=5.0 + i))
+    return wq
+
+
+def _slots(n: int) -> WorkerView:
+    v = view()
+    v.max_waiting, v.waiting = n, 0     # the admission window: n admissions this round
+    return v
+
+
+def test_an_aged_head_goes_before_smaller_queues_whatever_their_order():
+    wq = _aging_queues()
+    aged = RoundParams(bypass=False, max_wait_s=2.0)
+    admitted, _ = form_batch(wq, _slots(2), 10.0, aged)
+    assert ids(admitted) == ["big", "s0"]        # big waited 10 s >= 2 s; then phase 1
+
+
+def test_without_aging_or_before_the_bound_the_smallest_queue_goes_first():
+    for params, now in ((RoundParams(bypass=False), 10.0), (RoundParams(bypass=False, max_wait_s=20.0), 10.0)):
+        wq = _aging_queues()
+        admitted, _ = form_batch(wq, _slots(2), now, params)
+        assert ids(admitted) == ["s0", "s1"], params
+
+
+def test_a_head_does_not_age_before_its_own_low_load_processing_time():
+    """A long request that came just before a burst of short ones keeps the paper's
+    head-of-line behaviour: it ages only after service_aging x its own processing time."""
+    wq = _aging_queues()
+    params = RoundParams(bypass=False, max_wait_s=2.0, service_aging=1.0, aging_prefill_s=0.0,
+                         aging_decode_s=0.2)         # big: 100 predicted tokens -> 20 s alone
+    assert ids(form_batch(wq, _slots(1), 10.0, params)[0]) == ["s0"]
+    assert ids(form_batch(wq, _slots(1), 21.0, params)[0]) == ["big"]
