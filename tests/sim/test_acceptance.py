@@ -17,13 +17,17 @@ import pytest
 
 from clients.bench.paper import Sweep, run_sweep
 
+# ~30 s of CPU (27 runs, two processes); the default 300 s timeout is too tight when the
+# machine is shared
+pytestmark = pytest.mark.timeout(900)
+
 SWEEP = Sweep(rps=(10.0, 11.0, 12.0), duration_s=240.0, warmup_s=60.0, seeds=3,
               policies=("slora", "chameleon", "chameleon-cache-only"), adapter_counts=())
 
 
 @pytest.fixture(scope="module")
 def sweep() -> dict:
-    return run_sweep(SWEEP, jobs=1)
+    return run_sweep(SWEEP, jobs=2)
 
 
 def test_the_sweep_prints_intervals_and_every_run_finishes(sweep):
