@@ -36,6 +36,11 @@ class SimAdapterLoader:
         self.cost = cost
         self._known: dict[str, SimAdapter] = {}
 
+    @property
+    def known(self) -> dict[str, SimAdapter]:
+        """Every adapter described so far, by id."""
+        return dict(self._known)
+
     async def preload(self) -> int:
         """Describe every valid adapter the store lists; returns how many."""
         from chameleon.v1 import common_pb2
@@ -130,7 +135,9 @@ async def serve_sim(cfg) -> None:
         device=f"sim:{cost.name}", page_bytes=cost.page_bytes(cfg.block_size),
         cache_policy=cfg.cache_policy)
     loader = SimAdapterLoader(cfg.store, cost)
-    log.info("live-sim: %d adapter descriptions read from the store", await loader.preload())
+    log.info("live-sim: %d adapter descriptions read from the store (in host memory)",
+             await loader.preload())
+    engine.host.update(loader.known)
     service = WorkerService(engine, None, info, loader=loader)
     server = Server(cfg.host, cfg.port, ["chameleon.v1.Worker"])
     worker_pb2_grpc.add_WorkerServicer_to_server(service, server.server)

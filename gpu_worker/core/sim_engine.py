@@ -14,7 +14,11 @@ same post-processing, stop strings and finish reasons) with two things modelled:
   step's wait (the steps keep the modelled pace unless the host cannot keep up);
 * the pool: a `SimPool` of the profile's pages (`CostModel.pool_pages`) with the real
   page layouts; an adapter install is ready when its modelled host-to-device copy
-  (`CostModel.copy_s`, copies queued one after another on one `SharedLink`) has ended.
+  (`CostModel.copy_s`, copies queued one after another on one `SharedLink`) has ended;
+* host memory: adapters described in `host` (the store's catalog, read at start) are in
+  host memory, as in the paper's setup and the simulator: a miss or a prefetch hint
+  stages them at once, on the engine thread, so their copy starts before the next step;
+  only adapters not described there go through the worker's fetch path.
 
 Nothing else is modelled: admission, eviction, prefetch hints, the gRPC streams and the
 scheduler are the real ones. The tokenizer is a three-word one (`sim_tokenizer`): a
@@ -109,6 +113,7 @@ class SimEngine(Engine):
         self._by_id = {}
         self._to_fetch = []
         self._ranks: dict[str, int] = {}
+        self.host: dict[str, SimAdapter] = {}   # adapters in host memory (staged at once)
         self._busy_until: float | None = None
         self.steps = 0
         self.modelled_s = 0.0          # sum of modelled step times
@@ -117,6 +122,30 @@ class SimEngine(Engine):
     def install(self, staged) -> None:
         self._ranks[staged.adapter_id] = staged.rank
         super().install(staged)
+
+    def take_fetches(self) -> list[str]:
+        """Adapters to fetch, less those in host memory: those are staged here and now."""
+        return self._stage_from_host(super().take_fetches())
+
+    def hint(self, adapter_ids: list[str]) -> list[str]:
+        return self._stage_from_host(super().hint(adapter_ids))
+
+    def _stage_from_host(self, ids: list[str]) -> list[str]:
+        from .worker_memory import AdapterTooLargeError
+
+        rest: list[str] = []
+        while ids:
+            for aid in ids:
+                adapter = self.host.get(aid)
+                if adapter is None:
+                    rest.append(aid)
+                    continue
+                try:
+                    self.install(adapter)
+                except AdapterTooLargeError:
+                    rest.append(aid)       # the fetch path reports it to the waiting requests
+            ids = [a for a in Engine.take_fetches(self) if a not in rest]   # an install may evict
+        return rest
 
     def wakeup_in(self) -> float | None:
         nxt = self.pool.next_ready_at()

@@ -127,3 +127,18 @@ def test_back_to_back_steps_keep_the_modelled_pace_despite_host_time_between_the
     # the second step's wait is shortened by the 2 ms the host took (catch-up)
     assert ft.sleeps[1] == pytest.approx(COST.decode_s(1, 101) - 0.002)
     assert eng.late_s == 0.0
+
+
+def test_adapters_in_host_memory_are_staged_at_once_on_a_miss_and_on_a_hint():
+    ft, eng = make()
+    eng.host = {a: sim_adapter(a, r, [], COST) for a, r in (("r8", 8), ("r64", 64), ("r16", 16))}
+    s = seq("a", 231, 2, "r8")
+    s.arrival = ft.t
+    assert eng.add(s) == []                               # nothing for the service to fetch
+    assert eng.wakeup_in() == pytest.approx(COST.copy_s(COST.adapter_bytes(8)))
+    assert eng.hint(["r64", "unknown"]) == ["unknown"]    # not in host memory: the fetch path
+    assert eng.memory.cache.is_loading("r64")
+    ft.t += COST.copy_s(COST.adapter_bytes(8))            # the copy lands
+    run(eng)
+    assert s.adapter_wait_s == pytest.approx(COST.copy_s(COST.adapter_bytes(8)))
+    assert {"r8", "r64"} <= set(eng.memory.stats().cached_adapters)
