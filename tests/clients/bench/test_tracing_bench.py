@@ -21,3 +21,4 @@ async def test_quick_round_off_and_on(tiny_assets):
     # 2 timed requests + 1 warm-up, each a trace with spans from scheduler, worker and store
     assert on["spans_received"] >= 3 * 8
     assert out["ratio"] == pytest.approx(on["output_tok_per_s"] / off["output_tok_per_s"])
+    assert out["pair_ratios"] == [pytest.approx(out["ratio"])]
