@@ -114,6 +114,18 @@ async def test_one_request_is_one_trace_across_three_services(smollm2_assets):
             trace2 = client_span.context.trace_id.to_bytes(16, "big")
             assert chunks2[0].trace_id == trace2.hex()
             got2 = await taps.trace(trace2, {"scheduler": {"generate"}, "worker": {"adapter"}})
+
+            # a third, untraced client inside the caller's own span: its context is propagated
+            from opentelemetry import trace as otel_trace
+
+            caller = provider.get_tracer("test").start_span("caller")
+            async with ChameleonClient(cluster.address) as c:
+                chunks3 = [ch async for ch in c.generate(
+                    "Hey", max_tokens=2, trace_context=otel_trace.set_span_in_context(caller))]
+            caller.end()
+            trace3 = caller.get_span_context().trace_id.to_bytes(16, "big")
+            assert chunks3[0].trace_id == trace3.hex()
+            got3 = await taps.trace(trace3, {"scheduler": {"generate"}})
         finally:
             await asyncio.to_thread(cluster.stop)
 
@@ -146,3 +158,4 @@ async def test_one_request_is_one_trace_across_three_services(smollm2_assets):
     assert got2["scheduler"]["generate"].parent_span_id == client_span.context.span_id.to_bytes(8, "big")
     assert attrs(got2["worker"]["adapter"])["chameleon.adapter.cache"] == "hit"
     assert client_span.attributes["chameleon.output_tokens"] == chunks2[-1].completion_tokens
+    assert got3["scheduler"]["generate"].parent_span_id == caller.get_span_context().span_id.to_bytes(8, "big")
