@@ -220,6 +220,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trace", type=Path, help="replay this workload JSONL instead of generating one")
     ap.add_argument("--assets", type=Path, default=Path(".assets"), help="cpu: the demo's assets")
+    ap.add_argument("--model", type=Path, help="cpu: this model folder instead of the demo's")
+    ap.add_argument("--adapters", type=Path, help="cpu: this folder of PEFT adapters instead of the demo's")
     ap.add_argument("--json", type=Path, help="write the figures and per-request records here")
 
 
@@ -238,7 +240,8 @@ def _workload(a: argparse.Namespace, sim: bool):
 
 
 def run_live(device: str, policy: str, workload, warmup_s: float, workdir: Path,
-             assets: Path | None = None, progress=print) -> dict:
+             assets: Path | None = None, progress=print, model: Path | None = None,
+             adapters: Path | None = None) -> dict:
     """Run the trace through real services; returns {"label", "summary", "records", ...}."""
     from clients.client import ChameleonClient
     from clients.launcher import Cluster, ClusterSpec
@@ -270,7 +273,10 @@ def run_live(device: str, policy: str, workload, warmup_s: float, workdir: Path,
         from clients.assets.demo import prepare_demo
 
         label = "live on CPU"
-        got = prepare_demo(assets or Path(".assets"), progress=lambda m: progress(f"[assets] {m}"))
+        if model is None or adapters is None:
+            got = prepare_demo(assets or Path(".assets"), progress=lambda m: progress(f"[assets] {m}"))
+            model, adapters = model or Path(got["model"]), adapters or Path(got["adapters"])
+        got = {"model": model, "adapters": adapters}
         demo = sorted(p.name for p in Path(got["adapters"]).iterdir() if p.is_dir())
         ids = sorted({a.adapter_id for a in workload.adapters})
         if len(ids) > len(demo):
@@ -355,7 +361,7 @@ def run(a: argparse.Namespace) -> int:
     wl = _workload(a, sim)
     warmup = a.warmup_s if a.warmup_s is not None else wl.config.duration_s / 4
     out = run_live(a.device, a.policy, wl, warmup, Path(tempfile.mkdtemp(prefix="chameleon-live-")),
-                   assets=a.assets)
+                   assets=a.assets, model=a.model, adapters=a.adapters)
     print_summary(out)
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
