@@ -8,7 +8,7 @@ ASSETS ?= .assets
 BUF_VERSION ?= 1.75.0
 BUF    := $(VENV)/tools/node_modules/.bin/buf
 
-.PHONY: demo test protos clean-assets tools
+.PHONY: demo test soak protos clean-assets tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ tools: $(STAMP)
 
 test: $(STAMP) tools
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# 20 minutes of mixed load with a worker and the store killed and restarted (tests/e2e/test_soak.py)
+soak: $(STAMP)
+	CHAMELEON_SOAK=1 SOAK_REPORT=soak-report.json $(PY) -m pytest -q -p no:cacheprovider -m soak tests/e2e/test_soak.py
 
 protos: $(STAMP)
 	$(PY) proto/generate.py

@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
+
+from chameleon_common import security as sec
 from pathlib import Path
 
 log = logging.getLogger("adapter_store")
@@ -40,6 +42,7 @@ class StoreConfig:
     sim_profile: str | None = None          # live-sim: synthetic adapters sized for this profile
     sim_catalog: Path | None = None         # ... the adapters of this workload trace (JSONL)
     sim_adapters: int = 0                   # ... or this many, spread over ranks 8-128
+    security: sec.SecurityConfig = field(default_factory=sec.SecurityConfig)
 
     def __post_init__(self) -> None:
         from chameleon_common.metrics import check_metrics_port
@@ -138,12 +141,17 @@ async def serve(cfg: StoreConfig) -> None:
 
     service = AdapterStoreService(catalog, HotCache(cfg.hot_cache_bytes), admin_token=cfg.admin_token,
                                   tracer=setup_tracing("chameleon-store"))
-    server = Server(cfg.host, cfg.port, ["chameleon.v1.AdapterStore"])
+    server = Server(cfg.host, cfg.port, ["chameleon.v1.AdapterStore"], security=cfg.security)
     from chameleon_common.metrics import serve_metrics
 
     serve_metrics(service.metrics.registry, cfg.metrics_port, cfg.host, cfg.port_file)
     store_pb2_grpc.add_AdapterStoreServicer_to_server(service, server.server)
     log.info("adapter store: %s (base model %s)", backend.describe(), cfg.base_model)
+    try:  # registration scan: pin every plain adapter's digest, check its values, once
+        recs = await catalog.list()
+        log.info("registered %d adapters (%d valid)", len(recs), sum(r.valid for r in recs))
+    except Exception as e:  # an object store that is away: adapters register on first use
+        log.warning("registration scan failed (%s); adapters register when first used", e)
     try:
         await server.run(port_file=cfg.port_file, grace_s=cfg.grace_s)
     finally:
@@ -187,6 +195,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-adapter-bytes", type=int, default=2 << 30, help="largest push accepted")
     ap.add_argument("--admin-token-file", type=Path,
                     help="push and delete then need this token (chameleon-admin-token: Bearer ...)")
+    sec.add_arguments(ap)
 
 
 def config_from_args(a: argparse.Namespace) -> StoreConfig:
@@ -203,7 +212,8 @@ def config_from_args(a: argparse.Namespace) -> StoreConfig:
                        backend_max_concurrent=a.backend_max_concurrent, stat_ttl_s=a.stat_ttl_s,
                        max_adapter_bytes=a.max_adapter_bytes, admin_token=token,
                        metrics_port=a.metrics_port, sim_profile=a.sim_profile,
-                       sim_catalog=a.sim_catalog, sim_adapters=a.sim_adapters)
+                       sim_catalog=a.sim_catalog, sim_adapters=a.sim_adapters,
+                       security=sec.config_from_args(a))
 
 
 def main(argv: list[str] | None = None) -> None:

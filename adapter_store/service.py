@@ -38,7 +38,7 @@ def record_to_proto(rec: AdapterRecord) -> common_pb2.AdapterInfo:
         adapter_id=rec.adapter_id, rank=rec.rank, lora_alpha=rec.lora_alpha,
         use_rslora=rec.use_rslora, target_modules=rec.target_modules,
         size_bytes=rec.size_bytes, sha256=rec.sha256, valid=rec.valid,
-        invalid_reason=rec.invalid_reason,
+        invalid_reason=rec.invalid_reason, content_mismatch=rec.content_mismatch,
         files=[common_pb2.AdapterFile(name=f.name, size_bytes=f.size_bytes, sha256=f.sha256)
                for f in rec.files],
         name=rec.name, version=rec.version or 0, versions=rec.versions,
@@ -142,6 +142,9 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
 
     async def _fetch(self, request, context, span):
         rec = await self._stat(request.adapter_id, context)
+        if rec.content_mismatch:
+            await context.abort(grpc.StatusCode.DATA_LOSS,
+                                f"adapter {rec.adapter_id!r} cannot be served: {rec.invalid_reason}")
         if span is not None:
             span.set_attributes({"chameleon.digest": rec.sha256,
                                  "chameleon.resume_offset": request.resume_offset})
@@ -172,6 +175,8 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (AdapterCorrupt, BackendUnavailable, ObjectMissing) as e:
             log.warning("fetch of %s failed: %s", rec.adapter_id, e)
+            if isinstance(e, AdapterCorrupt):   # flagged in ListAdapters, refused from now on
+                self.catalog.mark_corrupt(rec.adapter_id, str(e))
             if isinstance(e, ObjectMissing):  # deleted while streaming
                 await context.abort(grpc.StatusCode.NOT_FOUND,
                                     f"adapter {rec.adapter_id!r} was deleted during the fetch")

@@ -28,9 +28,19 @@ CHANNEL_OPTIONS = [
 
 
 class Server:
-    def __init__(self, host: str, port: int, service_names: list[str]):
-        self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+    def __init__(self, host: str, port: int, service_names: list[str], security=None):
+        """`security` (chameleon_common.security.SecurityConfig): token, TLS/mTLS, message
+        size limit; every server also answers malformed requests with INVALID_ARGUMENT."""
+        from chameleon_common.security import SecurityConfig, server_credentials, server_interceptors
+
+        security = security or SecurityConfig()
+        self.server = grpc.aio.server(options=security.channel_options(),
+                                      interceptors=server_interceptors(security))
+        creds = server_credentials(security)
+        if creds is None:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.port = self.server.add_secure_port(f"{host}:{port}", creds)
         if self.port == 0:
             raise ValueError(f"cannot bind {host}:{port}")
         self.host = host

@@ -203,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("service", choices=["store", "scheduler", "worker"])
     s.set_defaults(func=None)
 
+    p = sub.add_parser("prepare-secrets",
+                       help="write a deployment token and a CA + service certificate (openssl)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--host", action="append", default=[],
+                   help="host name the certificate is valid for (repeat; default: localhost, "
+                        "store, worker, scheduler)")
+    p.set_defaults(func=_prepare_secrets)
+
     p = sub.add_parser("prepare-demo", help="build the demo model and adapters (offline)")
     p.add_argument("--assets", type=Path, default=Path(".assets"))
     p.add_argument("--force", action="store_true")
@@ -233,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_arguments(bp)
         bp.set_defaults(func=mod.run)
     return ap
+
+
+def _prepare_secrets(a) -> int:
+    from clients.assets.pki import DEFAULT_NAMES, make_secrets
+
+    for k, v in make_secrets(a.out, tuple(a.host) or DEFAULT_NAMES).items():
+        print(f"{k}: {v}")
+    return 0
 
 
 def _light_parser(cmd: str) -> argparse.ArgumentParser | None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator
 
 import grpc
@@ -44,12 +45,22 @@ class Chunk:
 
 class ChameleonClient:
     """`tracer` (an OpenTelemetry tracer): each generate() starts its trace with a client
-    span. Without one, a trace context the caller passes (or has current) is propagated."""
+    span. Without one, a trace context the caller passes (or has current) is propagated.
+    With `tls_ca` the channel speaks TLS and trusts that CA; `tls_cert`/`tls_key` add a
+    client certificate for a scheduler that requires one (mTLS)."""
 
-    def __init__(self, address: str, tracer=None):
+    def __init__(self, address: str, tracer=None, *, tls_ca: Path | None = None,
+                 tls_cert: Path | None = None, tls_key: Path | None = None):
         self.address = address
         self.tracer = tracer
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        if tls_ca is None:
+            self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=Path(tls_ca).read_bytes(),
+                private_key=Path(tls_key).read_bytes() if tls_key else None,
+                certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None)
+            self._channel = grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
     async def __aenter__(self) -> "ChameleonClient":

@@ -25,6 +25,8 @@ class Proc:
     port_file: Path
     log_path: Path
     port: int = 0
+    module: str = ""
+    args: list[str] = field(default_factory=list)
     metrics_port: int | None = None   # when started with --metrics-port
 
     @property
@@ -55,6 +57,12 @@ class ClusterSpec:
     store_args: list[str] = field(default_factory=list)  # e.g. SeaweedFS.store_args()
     # extra environment for one kind of service: "store", "worker" (every worker), "scheduler"
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # for every service: --auth-token-file, --tls-cert/--tls-key/--tls-ca ...
+    common_args: list[str] = field(default_factory=list)
+    # PEM files the launcher's own health checks use when the services speak TLS
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 class Cluster:
@@ -89,11 +97,41 @@ class Cluster:
         kind = "worker" if name.startswith("worker") else name
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.spec.env,
                    **self.spec.service_env.get(kind, {}))
-        cmd = [sys.executable, "-m", module, "--port", str(port), "--port-file", str(port_file), *args]
+        cmd = [sys.executable, "-m", module, "--port", str(port), "--port-file", str(port_file),
+               *self.spec.common_args, *args]
         popen = subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env)
-        p = Proc(name, popen, port_file, log_path)
+        p = Proc(name, popen, port_file, log_path, module=module, args=list(args))
         self.procs.append(p)
         return p
+
+    def restart(self, p: Proc, kill: bool = True) -> Proc:
+        """Stop one service (SIGKILL, or SIGTERM with kill=False) and start it again on the
+        same port, so the others find it again; waits until it is healthy."""
+        if p.popen.poll() is None:
+            p.popen.kill() if kill else p.popen.terminate()
+        p.popen.wait(timeout=30)
+        at = self.procs.index(p)
+        self.procs.remove(p)
+        q = self._spawn(p.name, p.module, p.args, port=p.port)
+        self.procs.insert(at, self.procs.pop())  # keep the stop order (scheduler first)
+        if p in self.workers:
+            self.workers[self.workers.index(p)] = q
+        if p is self.store:
+            self.store = q
+        if p is self.scheduler:
+            self.scheduler = q
+        self._wait_ready(q)
+        return q
+
+    def _health_channel(self, address: str) -> grpc.Channel:
+        s = self.spec
+        if s.tls_ca is None:
+            return grpc.insecure_channel(address)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=Path(s.tls_ca).read_bytes(),
+            private_key=Path(s.tls_key).read_bytes() if s.tls_key else None,
+            certificate_chain=Path(s.tls_cert).read_bytes() if s.tls_cert else None)
+        return grpc.secure_channel(address, creds)
 
     def _store_args(self) -> list[str]:
         s = self.spec
@@ -127,7 +165,7 @@ class Cluster:
         p.port = int(p.port_file.read_text())
         metrics_file = Path(f"{p.port_file}.metrics")   # written before the port file
         p.metrics_port = int(metrics_file.read_text()) if metrics_file.exists() else None
-        with grpc.insecure_channel(p.address) as ch:
+        with self._health_channel(p.address) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while True:
                 try:

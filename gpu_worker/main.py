@@ -6,8 +6,10 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from chameleon_common import security as sec
 
 log = logging.getLogger("gpu_worker")
 
@@ -41,6 +43,7 @@ class WorkerConfig:
     sim_profile: str | None = None          # live-sim: modelled model and pool (sim/profiles)
 
     metrics_port: int | None = None        # Prometheus /metrics (None: off)
+    security: sec.SecurityConfig = field(default_factory=sec.SecurityConfig)
 
     def __post_init__(self) -> None:
         from chameleon_common.metrics import check_metrics_port
@@ -163,6 +166,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     from chameleon_common.metrics import add_metrics_argument
 
     add_metrics_argument(ap)
+    sec.add_arguments(ap)
 
 
 def config_from_args(a: argparse.Namespace) -> WorkerConfig:
@@ -176,7 +180,7 @@ def config_from_args(a: argparse.Namespace) -> WorkerConfig:
                         predictive_prefetch=a.predictive_prefetch, lora_backend=a.lora_backend,
                         adapter_fetch_deadline_s=a.adapter_fetch_deadline_s, grace_s=a.grace_s,
                         metrics_port=a.metrics_port, admission=a.admission,
-                        sim_profile=a.sim_profile)
+                        sim_profile=a.sim_profile, security=sec.config_from_args(a))
 
 
 async def serve(cfg: WorkerConfig) -> None:
@@ -221,7 +225,12 @@ async def serve(cfg: WorkerConfig) -> None:
                          f"one full-context request, but the pool holds {budget // page_bytes} pages: "
                          f"lower --lru-slots or --lru-max-rank, or raise the pool size")
     # at least one full-context request always fits
-    num_pages = max(budget // page_bytes, -(-max_context // cfg.block_size) + reserved)
+    need = -(-max_context // cfg.block_size) + reserved
+    num_pages = max(budget // page_bytes, need)
+    if num_pages > budget // page_bytes:
+        log.warning("one full-context request needs %d pages (%.1f MiB), more than the %.1f MiB "
+                    "budget holds: the pool grows to %.1f MiB", need, need * page_bytes / 2**20,
+                    budget / 2**20, num_pages * page_bytes / 2**20)
     engine = Engine(model, Tokenizer.from_file(str(cfg.model / "tokenizer.json")),
                     EngineConfig(block_size=cfg.block_size, num_blocks=int(num_pages),
                                  max_running=cfg.max_running,
@@ -236,11 +245,13 @@ async def serve(cfg: WorkerConfig) -> None:
         max_running=cfg.max_running, tokenizer_json=(cfg.model / "tokenizer.json").read_bytes(),
         eos_token_ids=list(mc.eos_token_ids), device=device, page_bytes=engine.pool.page_bytes,
         cache_policy=cfg.cache_policy)
-    fetcher = AdapterFetcher(cfg.store, retry=RetryPolicy(deadline_s=cfg.adapter_fetch_deadline_s))
+    fetcher = AdapterFetcher(cfg.store, retry=RetryPolicy(deadline_s=cfg.adapter_fetch_deadline_s),
+                             channel_factory=lambda a: sec.aio_channel(
+                                 a, cfg.security, sec.internal_channel_options(cfg.security)))
     from chameleon_common.tracing import setup_tracing, shutdown_tracing
 
     service = WorkerService(engine, fetcher, info, tracer=setup_tracing("chameleon-worker"))
-    server = Server(cfg.host, cfg.port, ["chameleon.v1.Worker"])
+    server = Server(cfg.host, cfg.port, ["chameleon.v1.Worker"], security=cfg.security)
     from chameleon_common.metrics import serve_metrics
 
     serve_metrics(service.metrics.registry, cfg.metrics_port, cfg.host, cfg.port_file)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from chameleon.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from chameleon_common.validation import InvalidId, check_adapter_id, check_request_id
 from gpu_worker.adapter_fetcher import AdapterFetcher, AdapterFetchError, FetchedAdapter
 from gpu_worker.core.engine import Engine, EngineEvent
 from gpu_worker.core.lora import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter
@@ -169,9 +170,19 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     async def _admit(self, a: worker_pb2.Admit, stream: _Stream) -> None:
         rid = a.request_id
-        if not rid or rid in self._requests:
+        try:  # the scheduler checked these too; a worker trusts no caller with them
+            check_request_id(rid)
+            if a.adapter_id:
+                check_adapter_id(a.adapter_id)
+        except InvalidId as e:
+            self._error(stream, rid, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return
+        if rid in self._requests:
+            self._error(stream, rid, grpc.StatusCode.ALREADY_EXISTS, f"request id {rid!r} is already running")
+            return
+        if any(t < 0 or t >= self.info.vocab_size for t in a.prompt_token_ids):
             self._error(stream, rid, grpc.StatusCode.INVALID_ARGUMENT,
-                        f"request id {rid!r} is empty or already running")
+                        f"prompt token ids must be in [0, {self.info.vocab_size})")
             return
         p = a.params
         try:
@@ -301,6 +312,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         for ev in events:
             req = self._requests.get(ev.seq.request_id)
             if req is None:
+                continue
+            if ev.error is not None:  # this request failed alone in the engine
+                log.warning("request %s failed in the engine: %r", ev.seq.request_id, ev.error)
+                self._fail(req, grpc.StatusCode.INTERNAL,
+                           f"generation failed: {type(ev.error).__name__}: {ev.error}")
                 continue
             if ev.token_ids or (ev.text and ev.finish is None) or ev.first:
                 req.stream.batch().tokens.add(

@@ -6,7 +6,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from chameleon_common import security as sec
 from scheduler_svc.core.policies import POLICY_NAMES, make_policy
+from scheduler_svc.intake import IntakeLimits
+
+# the public entry point: messages up to this size are parsed (larger ones get grpc's
+# RESOURCE_EXHAUSTED), then a prompt over --max-prompt-bytes gets INVALID_ARGUMENT
+SCHEDULER_MAX_MESSAGE_BYTES = 16 << 20
 
 log = logging.getLogger("scheduler_svc")
 
@@ -23,6 +29,10 @@ class SchedulerConfig:
     prefetch_hints: int = 8                # adapters per prefetch hint to a worker (0: none)
     hint_interval_s: float = 0.1           # at most one hint per worker per interval
     metrics_port: int | None = None        # Prometheus /metrics (None: off)
+    public_plaintext: bool = False   # serve clients without TLS even when --tls-* secure the links
+    limits: IntakeLimits = field(default_factory=IntakeLimits)
+    security: sec.SecurityConfig = field(
+        default_factory=lambda: sec.SecurityConfig(max_message_bytes=SCHEDULER_MAX_MESSAGE_BYTES))
 
     def __post_init__(self) -> None:
         from scheduler_svc.core.hints import HintConfig
@@ -54,8 +64,14 @@ async def serve(cfg: SchedulerConfig) -> None:
     tracer = setup_tracing("chameleon-scheduler")
     service = SchedulerService(make_policy(cfg.policy, time.monotonic), cfg.store, cfg.workers,
                                tracer=tracer,
-                               hints=HintConfig(cfg.prefetch_hints, cfg.hint_interval_s))
-    server = Server(cfg.host, cfg.port, ["chameleon.v1.Scheduler"])
+                               hints=HintConfig(cfg.prefetch_hints, cfg.hint_interval_s),
+                               limits=cfg.limits, security=cfg.security)
+    # the public port: TLS (mTLS with --tls-ca) as configured unless --public-plaintext; the
+    # token is what this scheduler presents on its links, clients are not asked for it
+    tls = {} if cfg.public_plaintext else dict(tls_cert=cfg.security.tls_cert,
+                                               tls_key=cfg.security.tls_key, tls_ca=cfg.security.tls_ca)
+    public = sec.SecurityConfig(max_message_bytes=cfg.security.max_message_bytes, **tls)
+    server = Server(cfg.host, cfg.port, ["chameleon.v1.Scheduler"], security=public)
     from chameleon_common.metrics import serve_metrics
 
     serve_metrics(service.metrics.registry, cfg.metrics_port, cfg.host, cfg.port_file)
@@ -89,6 +105,43 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "(PrefetchHint on the worker stream; sent on change only; 0: off)")
     ap.add_argument("--hint-interval-s", type=float, default=0.1,
                     help="at most one prefetch hint per worker per this many seconds")
+    d = IntakeLimits()
+    g = ap.add_argument_group("limits")
+    g.add_argument("--max-prompt-bytes", type=int, default=d.max_prompt_bytes,
+                   help="longest prompt in UTF-8 bytes; longer ones get INVALID_ARGUMENT before tokenizing")
+    g.add_argument("--max-queued", type=int, default=d.max_queued,
+                   help="requests waiting for a worker; past it RESOURCE_EXHAUSTED with a retry hint")
+    g.add_argument("--max-queued-tokens", type=int, default=d.max_queued_tokens,
+                   help="prompt + max_tokens of waiting requests (0 = no bound)")
+    g.add_argument("--retry-after-s", type=float, default=d.retry_after_s,
+                   help="the retry hint (trailing metadata retry-after-ms) sent with RESOURCE_EXHAUSTED")
+    g.add_argument("--tokenizer-threads", type=int, default=d.tokenizer_threads)
+    g.add_argument("--max-tokenizing", type=int, default=d.max_tokenizing,
+                   help="prompts being or waiting to be tokenized; past it RESOURCE_EXHAUSTED")
+    g.add_argument("--adapter-meta-ttl-s", type=float, default=d.adapter_meta_ttl_s,
+                   help="trust the store's answer about an adapter this long without asking again "
+                        "(default 0: ask every time; a deleted or re-pushed name shows that late)")
+    g.add_argument("--adapter-meta-max-stale-s", type=float, default=d.adapter_meta_max_stale_s,
+                   help="while the store is unreachable, serve adapters a worker holds on the "
+                        "scheduler's last answer about them, up to this old")
+    sec.add_arguments(ap, max_message_bytes=SCHEDULER_MAX_MESSAGE_BYTES)
+    ap.add_argument("--public-plaintext", action="store_true",
+                    help="serve the client API without TLS; --tls-* then secure only the links "
+                         "to workers and store")
+
+
+def config_from_args(a: argparse.Namespace) -> SchedulerConfig:
+    limits = IntakeLimits(max_prompt_bytes=a.max_prompt_bytes, max_queued=a.max_queued,
+                          max_queued_tokens=a.max_queued_tokens, retry_after_s=a.retry_after_s,
+                          tokenizer_threads=a.tokenizer_threads, max_tokenizing=a.max_tokenizing,
+                          adapter_meta_ttl_s=a.adapter_meta_ttl_s,
+                          adapter_meta_max_stale_s=a.adapter_meta_max_stale_s)
+    return SchedulerConfig(store=a.store, workers=a.workers, policy=a.policy, host=a.host,
+                           port=a.port, port_file=a.port_file, grace_s=a.grace_s,
+                           prefetch_hints=a.prefetch_hints, hint_interval_s=a.hint_interval_s,
+                           metrics_port=a.metrics_port, public_plaintext=a.public_plaintext,
+                           limits=limits,
+                           security=sec.config_from_args(a))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,10 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     setup_logging(a.log_level)
     try:
-        cfg = SchedulerConfig(store=a.store, workers=a.workers, policy=a.policy, host=a.host,
-                              port=a.port, port_file=a.port_file, grace_s=a.grace_s,
-                              prefetch_hints=a.prefetch_hints, hint_interval_s=a.hint_interval_s,
-                              metrics_port=a.metrics_port)
+        cfg = config_from_args(a)
     except ValueError as e:
         ap.error(str(e))
     asyncio.run(serve(cfg))

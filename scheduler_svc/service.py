@@ -3,6 +3,7 @@ policy, dispatches admissions over the workers' streams and relays tokens."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import logging
 import time
@@ -12,12 +13,14 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from chameleon.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, store_pb2, store_pb2_grpc, worker_pb2
+from chameleon.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, store_pb2_grpc, worker_pb2
+from chameleon_common.security import SecurityConfig, aio_channel, internal_channel_options
 from scheduler_svc.core.hints import HintConfig, HintThrottle
 from scheduler_svc.core.lifecycle import Lifecycle, RequestBook
 from scheduler_svc.core.types import AdmissionPolicy, PendingRequest
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.request_trace import RequestTrace, p99
+from scheduler_svc.intake import Intake, IntakeLimits, Refused, check_request
 from scheduler_svc.worker_link import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -66,17 +69,18 @@ class _Live:
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, policy: AdmissionPolicy, store_address: str, worker_addresses: list[str],
                  clock=time.monotonic, worker_wait_s: float = 30.0, tracer=None,
-                 hints: HintConfig | None = None):
-        from chameleon_common.server import CHANNEL_OPTIONS
-
+                 hints: HintConfig | None = None, limits: IntakeLimits | None = None,
+                 security: SecurityConfig | None = None):
         self.tracer = tracer
 
         self.policy = policy
         self.clock = clock
         self.worker_wait_s = worker_wait_s
-        self._store_channel = grpc.aio.insecure_channel(store_address, options=CHANNEL_OPTIONS)
+        security = security or SecurityConfig()
+        self._store_channel = aio_channel(store_address, security, internal_channel_options(security))
         self.store = store_pb2_grpc.AdapterStoreStub(self._store_channel)
-        self.links = [WorkerLink(a, self._on_worker_event, self._on_worker_down)
+        self.intake = Intake(self.store, limits or IntakeLimits(), clock)
+        self.links = [WorkerLink(a, self._on_worker_event, self._on_worker_down, security)
                       for a in worker_addresses]
         self.book = RequestBook(policy, clock)
         self.metrics = SchedulerMetrics(policy, self.book.running)
@@ -106,6 +110,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         for link in self.links:
             await link.stop()
         await self._store_channel.close()
+        self.intake.close()
 
     async def drain(self) -> None:
         while self._live:
@@ -126,63 +131,54 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no worker is connected; retry later")
         return ready[0]
 
-    async def _adapter_info(self, adapter_id: str, context, metadata=()) -> common_pb2.AdapterInfo:
-        try:
-            return await self.store.StatAdapter(store_pb2.StatAdapterRequest(adapter_id=adapter_id),
-                                                timeout=10, metadata=metadata)
-        except grpc.aio.AioRpcError as e:
-            if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                await context.abort(e.code(), e.details())
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"adapter store: {e.details()}")
+    def _resident_anywhere(self, adapter_id: str) -> bool:
+        return any(l.view.connected and l.state is not None and adapter_id in l.state.cached_adapters
+                   for l in self.links)
 
-    async def _validate(self, request, context, trace: RequestTrace | None
+    def _queued_tokens(self) -> int:
+        return sum(l.lc.pending.reserved_tokens for l in self._live.values() if l.lc.worker is None)
+
+    async def _validate(self, request, rid: str, context, trace: RequestTrace | None
                         ) -> tuple[worker_pb2.Admit, PendingRequest]:
+        """Everything after the request-only checks (intake.check_request); raises Refused."""
         p = request.params
-        bad = None
-        if not request.prompt:
-            bad = "prompt must not be empty"
-        elif p.max_tokens <= 0:
-            bad = f"params.max_tokens must be > 0, got {p.max_tokens}"
-        elif p.HasField("top_p") and not 0 < p.top_p <= 1:
-            bad = f"params.top_p must be in (0, 1], got {p.top_p}"
-        elif not 0 <= p.min_tokens <= p.max_tokens:
-            bad = f"params.min_tokens must be in [0, max_tokens={p.max_tokens}], got {p.min_tokens}"
-        elif p.HasField("sim_output_tokens") and p.sim_output_tokens <= 0:
-            bad = f"params.sim_output_tokens must be > 0 when set, got {p.sim_output_tokens}"
-        elif p.temperature < 0:
-            bad = f"params.temperature must be >= 0, got {p.temperature}"
-        elif len(request.request_id) > 128:
-            bad = "request_id must be at most 128 characters"
-        if bad:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
-        rid = request.request_id or uuid.uuid4().hex
-        if rid in self._live:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request id {rid!r} is already running")
+        if not 0 <= p.min_tokens <= p.max_tokens:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"params.min_tokens must be in [0, max_tokens={p.max_tokens}], got {p.min_tokens}")
+        if p.HasField("sim_output_tokens") and p.sim_output_tokens <= 0:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"params.sim_output_tokens must be > 0 when set, got {p.sim_output_tokens}")
         adapter_bytes = rank = 0
         # `name` resolves to its latest version (`name@n`): the workers cache immutable versions
         adapter_id = request.adapter_id
         if request.adapter_id:
-            info = await self._adapter_info(request.adapter_id, context,
-                                            trace.store_metadata() if trace else ())
+            info = await self.intake.adapter_info(request.adapter_id, self._resident_anywhere,
+                                                  trace.store_metadata() if trace else ())
+            if info.content_mismatch:
+                self.intake.meta.invalidate(request.adapter_id)
+                raise Refused(grpc.StatusCode.DATA_LOSS,
+                              f"adapter {request.adapter_id!r}: {info.invalid_reason}")
             if not info.valid:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"adapter {request.adapter_id!r} does not fit the base model: "
-                                    f"{info.invalid_reason}")
+                raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"adapter {request.adapter_id!r} does not fit the base model: "
+                              f"{info.invalid_reason}")
             adapter_bytes, rank = info.size_bytes, info.rank
             adapter_id = info.adapter_id or request.adapter_id
         link = await self._any_worker(context)
-        ids = link.tokenizer.encode(request.prompt, add_special_tokens=False).ids
+        ids = await self.intake.tokenize(link.tokenizer, request.prompt)
         ctx = link.info.max_context
         if not ids:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "prompt encodes to zero tokens")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "prompt encodes to zero tokens")
         if len(ids) >= ctx:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"prompt is {len(ids)} tokens; the model's context is {ctx} tokens, "
-                                f"so the prompt must be at most {ctx - 1}")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"prompt is {len(ids)} tokens; the model's context is {ctx} tokens, "
+                          f"so the prompt must be at most {ctx - 1}")
         params = common_pb2.SamplingParams()
         params.CopyFrom(p)
         params.max_tokens = min(p.max_tokens, ctx - len(ids))
         params.min_tokens = min(p.min_tokens, params.max_tokens)
+        self.intake.check_room(self.policy.queued(), self._queued_tokens(),
+                               len(ids) + params.max_tokens)
         if params.temperature > 0 and not params.HasField("seed"):
             # pin the sample: a re-run after a squash or a lost worker then regenerates the very
             # tokens the client already has, so skipping that prefix leaves one clean stream
@@ -202,22 +198,41 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
             trace = RequestTrace(self.tracer, from_grpc(context), request.request_id,
                                  request.adapter_id)
+        rid = None
         try:
-            admit, pending = await self._validate(request, context, trace)
+            try:
+                check_request(request, self.intake.limits)
+                candidate = request.request_id or uuid.uuid4().hex
+                self.intake.reserve(candidate)   # atomic: no await between the check and the claim
+                rid = candidate
+                admit, pending = await self._validate(request, rid, context, trace)
+            except Refused as e:
+                await _refuse(context, e)
         except BaseException:
             code = context.code()
             name = code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
             self.metrics.ended(name)
             if trace is not None:
                 trace.failed(name, context.details() or "")
+            if rid is not None:
+                self.intake.release(rid)
             raise
+        try:
+            live = _Live(self.book.add(pending), admit, trace=trace)
+            if trace is not None:
+                trace.root.set_attribute("chameleon.request_id", rid)
+                trace.queued(pending.input_tokens, 0)
+            self._live[rid] = live
+            self._kick.set()
+            async with contextlib.aclosing(self._relay(live, pending, context)) as relay:
+                async for item in relay:  # closing it releases the request at once
+                    yield item
+        finally:
+            self.intake.release(rid)
+
+    async def _relay(self, live: "_Live", pending: PendingRequest, context):
         rid = pending.request_id
-        live = _Live(self.book.add(pending), admit, trace=trace)
-        if trace is not None:
-            trace.root.set_attribute("chameleon.request_id", rid)
-            trace.queued(pending.input_tokens, 0)
-        self._live[rid] = live
-        self._kick.set()
+        trace = live.trace
         first = True
         try:
             while True:
@@ -306,6 +321,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         metrics = {k: float(v) for k, v in self.policy.metrics().items()
                    if isinstance(v, (int, float))}
         metrics["prefetch_hints_sent"] = float(self.hints.messages)
+        metrics.update(self.intake.metrics())
         return scheduler_pb2.GetStatusResponse(
             policy=self.policy.name, queued=self.policy.queued(),
             running=self.book.running(), workers=workers, metrics=metrics,
@@ -428,13 +444,21 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             live.put("done", msg)
         elif kind == "error":
             self.book.completed(msg.request_id, wid)
-            live.put("error", (grpc.StatusCode[_code_name(msg.code)], msg.message))
+            code = grpc.StatusCode[_code_name(msg.code)]
+            self.intake.worker_error(live.pending.adapter_id, code)
+            live.put("error", (code, msg.message))
 
     def _on_worker_down(self, link: WorkerLink) -> None:
         for rid in self.book.worker_down(link.view.worker_id):
             log.warning("re-queueing %s: worker %s went away", rid, link.address)
             self._trace_requeue(rid, "worker_lost", link.view.worker_id)
         self._kick.set()
+
+
+async def _refuse(context, e: Refused) -> None:
+    if e.trailers:
+        context.set_trailing_metadata(e.trailers)
+    await context.abort(e.code, e.message)
 
 
 def _log_crash(task: asyncio.Task) -> None:

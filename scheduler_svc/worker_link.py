@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 import grpc
 from tokenizers import Tokenizer
 
-from chameleon_common.server import CHANNEL_OPTIONS
+from chameleon_common.security import SecurityConfig, aio_channel, internal_channel_options
 from chameleon.v1 import worker_pb2, worker_pb2_grpc
 from scheduler_svc.core.types import WorkerView
 
@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 class WorkerLink:
     def __init__(self, address: str, on_event: Callable[["WorkerLink", worker_pb2.WorkerEvent], None],
-                 on_down: Callable[["WorkerLink"], None]):
+                 on_down: Callable[["WorkerLink"], None], security: SecurityConfig | None = None):
         self.address = address
+        self._security = security or SecurityConfig()
         self._on_event = on_event
         self._on_down = on_down
         self.info: worker_pb2.WorkerInfo | None = None
@@ -76,7 +77,8 @@ class WorkerLink:
     async def _run(self) -> None:
         backoff = 0.2
         while True:
-            channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            channel = aio_channel(self.address, self._security,
+                                  internal_channel_options(self._security))
             try:
                 self._out = asyncio.Queue()
                 call = worker_pb2_grpc.WorkerStub(channel).Connect(self._commands())
@@ -93,7 +95,9 @@ class WorkerLink:
                 await channel.close()
                 raise
             except grpc.aio.AioRpcError as e:
-                if self.view.connected:
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    log.error("worker %s refused this scheduler's token: %s", self.address, e.details())
+                elif self.view.connected:
                     log.warning("worker %s stream broke: %s", self.address, e.code())
             finally:
                 self._out = None

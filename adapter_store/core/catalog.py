@@ -9,6 +9,13 @@ Round trips: `stat` costs one LIST of the adapter's prefix, and none within
 immutable); a plain adapter is re-hashed only when an object's etag changed.
 When the backend cannot be reached, the last known record is served (stale
 if error), so adapters already known keep working while the store is away.
+
+Content is pinned at registration: the first time a plain adapter is found valid
+its digest is recorded (and its float tensors are checked once for NaN/Inf, as a
+push's are). If its files later hash to another digest, or a stream finds bytes
+that differ from the record (`mark_corrupt`), the record says `content_mismatch`
+and is not valid: the store refuses it with DATA_LOSS and lists it flagged. To
+publish new weights under a name, push a version (or restart the store).
 """
 from __future__ import annotations
 
@@ -24,7 +31,9 @@ from chameleon_common.adapters import adapter_digest
 from .backends import BackendUnavailable, ObjectBackend, ObjectInfo
 from .refs import (ADAPTER_FILES, CONFIG_FILE, MANIFEST_FILE, VERSIONS_DIR, WEIGHTS_FILE,
                    InvalidAdapterId, parse_ref, version_key, version_prefix)
-from .safetensors_header import SafetensorsFormatError, TensorMeta, parse_header, read_header
+from .safetensors_header import (SafetensorsFormatError, TensorMeta, header_length, parse_header,
+                                 read_header)
+from .tensor_check import non_finite_in_buffer, non_finite_tensors
 
 __all__ = ["AdapterCatalog", "AdapterRecord", "FileRecord", "AdapterNotFound", "AdapterInvalid",
            "InvalidAdapterId", "PushLimits", "Validator"]
@@ -76,6 +85,7 @@ class AdapterRecord:
     files: list[FileRecord] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     created_unix: float = 0.0
+    content_mismatch: bool = False  # bytes differ from the digest pinned at registration
 
 
 @dataclass
@@ -104,6 +114,8 @@ class AdapterCatalog:
         self._plain: dict[str, tuple[tuple, AdapterRecord]] = {}
         self._versions: dict[tuple[str, int], tuple[str, AdapterRecord]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._pins: dict[str, str] = {}      # plain adapter name -> digest at registration
+        self._corrupt: dict[str, str] = {}   # adapter id -> why its stored bytes are bad
 
     # -- reading ----------------------------------------------------------------
     async def list(self) -> list[AdapterRecord]:
@@ -138,7 +150,15 @@ class AdapterCatalog:
             rec = await self._plain_record(ref.name, listing.plain)
         else:
             raise AdapterNotFound(str(ref))
+        reason = self._corrupt.get(rec.adapter_id)
+        if reason is not None and rec.valid:
+            return replace(rec, versions=versions, valid=False, content_mismatch=True,
+                           invalid_reason=reason)
         return replace(rec, versions=versions)
+
+    def mark_corrupt(self, adapter_id: str, reason: str) -> None:
+        """A stream found bytes that differ from the record: refuse and flag the adapter."""
+        self._corrupt[adapter_id] = reason
 
     async def require_valid(self, ref_text: str) -> AdapterRecord:
         rec = await self.stat(ref_text)
@@ -184,7 +204,16 @@ class AdapterCatalog:
         else:
             files = [FileRecord(n, objects[n].size, await self._sha256(objects[n]), objects[n].key,
                                 objects[n].etag) for n in ADAPTER_FILES]
-            await self._describe(rec, files)
+            pin = self._pins.get(name)
+            await self._describe(rec, files, check_values=pin is None)
+            if pin is not None and rec.sha256 != pin:
+                rec.valid, rec.content_mismatch = False, True
+                rec.invalid_reason = (f"the files' bytes no longer match the digest pinned at "
+                                      f"registration ({pin[:12]}..., now {rec.sha256[:12]}...)")
+            elif pin is not None:
+                self._corrupt.pop(name, None)   # the pinned bytes are back
+            elif rec.valid:
+                self._pins[name] = rec.sha256
         self._plain[name] = (stamp, rec)
         return rec
 
@@ -208,8 +237,10 @@ class AdapterCatalog:
         self._versions[(name, version)] = (manifest.etag, rec)
         return rec
 
-    async def _describe(self, rec: AdapterRecord, files: list[FileRecord]) -> None:
-        """Fills rec from its files: config fields, digest, and the validation verdict."""
+    async def _describe(self, rec: AdapterRecord, files: list[FileRecord],
+                        check_values: bool = False) -> None:
+        """Fills rec from its files: config fields, digest, and the validation verdict;
+        `check_values` also reads every float tensor for NaN/Inf."""
         rec.files = files
         rec.sha256 = adapter_digest({f.name: f.sha256 for f in files})
         by_name = {f.name: f for f in files}
@@ -231,6 +262,10 @@ class AdapterCatalog:
             rec.invalid_reason = str(e)
             return
         problems = self._validate(config, tensors)
+        if not problems and check_values:
+            start = 8 + header_length(await self.read(w_file, 0, 8), w_file.size_bytes, WEIGHTS_FILE)
+            bad = await non_finite_tensors(lambda o, n: self.read(w_file, o, n), tensors, start)
+            problems = [f"tensor {n} holds NaN or Inf values" for n in bad]
         rec.valid = not problems
         rec.invalid_reason = "; ".join(problems[:5])
 
@@ -263,12 +298,14 @@ class AdapterCatalog:
                                  f"{self.limits.max_weights_bytes}")
         config = _parse_config(cfg)
         try:
-            from .safetensors_header import header_length
             n = header_length(weights[:8], len(weights), WEIGHTS_FILE)
             tensors = parse_header(weights[8:8 + n], len(weights) - 8 - n, WEIGHTS_FILE)
         except SafetensorsFormatError as e:
             raise AdapterInvalid(str(e)) from e
         problems = self._validate(config, tensors)
+        if not problems:
+            bad = non_finite_in_buffer(weights, tensors, 8 + n)
+            problems = [f"tensor {t} holds NaN or Inf values" for t in bad]
         if problems:
             raise AdapterInvalid("; ".join(problems[:5]))
         return config, tensors

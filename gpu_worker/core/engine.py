@@ -67,6 +67,9 @@ class EngineEvent:
     text: str
     finish: Finish | None
     first: bool
+    # set when this request alone failed (its sampling or stop check raised); it is retired
+    # and the rest of the batch carries on
+    error: Exception | None = None
 
 
 class Engine:
@@ -241,34 +244,45 @@ class Engine:
                 return []
             seqs = [seqs[i] for i in rows]
             logits = logits[torch.tensor(rows, device=logits.device)]
+        failures: dict[int, Exception] = {}
         with scope(SAMPLING):
             logits = self._mask_eos(seqs, logits)
             tokens = sample(logits, [s.spec.temperature for s in seqs],
-                            [s.spec.top_p for s in seqs], [s.generator for s in seqs]).tolist()
+                            [s.spec.top_p for s in seqs], [s.generator for s in seqs],
+                            failures).tolist()
         now = self.clock()
         events: list[EngineEvent] = []
-        for s, tok in zip(seqs, tokens):
+        for i, (s, tok) in enumerate(zip(seqs, tokens)):
             first = s.first_token_at is None
             if first:
                 s.first_token_at = now
-            new_ids: list[int] = []
-            if tok in self.eos_ids and not s.spec.ignore_eos:
-                s.finish = Finish.EOS
-                text = s.stop_checker.flush()
-            else:
-                s.output_ids.append(tok)
-                new_ids = [tok]
-                text, hit = s.stop_checker.update(s.output_ids,
-                                                  check=len(s.output_ids) >= s.spec.min_tokens)
-                if hit:
-                    s.finish = Finish.STOP_STRING
-                elif len(s.output_ids) >= s.spec.max_tokens:
-                    s.finish = Finish.LENGTH
-                    text += s.stop_checker.flush()
-            events.append(EngineEvent(s, new_ids, text, s.finish, first))
+            try:
+                if i in failures:
+                    raise failures[i]
+                events.append(self._advance(s, tok, first))
+            except Exception as e:  # this request fails alone; the batch goes on
+                s.finish = Finish.CANCELLED
+                events.append(EngineEvent(s, [], "", None, first, error=e))
             if s.finish is not None:
                 self._retire(s)
         return events
+
+    def _advance(self, s: Sequence, tok: int, first: bool) -> EngineEvent:
+        new_ids: list[int] = []
+        if tok in self.eos_ids and not s.spec.ignore_eos:
+            s.finish = Finish.EOS
+            text = s.stop_checker.flush()
+        else:
+            s.output_ids.append(tok)
+            new_ids = [tok]
+            text, hit = s.stop_checker.update(s.output_ids,
+                                              check=len(s.output_ids) >= s.spec.min_tokens)
+            if hit:
+                s.finish = Finish.STOP_STRING
+            elif len(s.output_ids) >= s.spec.max_tokens:
+                s.finish = Finish.LENGTH
+                text += s.stop_checker.flush()
+        return EngineEvent(s, new_ids, text, s.finish, first)
 
     def _retire(self, seq: Sequence) -> None:
         self.planner.remove(seq)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from chameleon_common.validation import check_sampling
+
 
 class Finish(Enum):
     EOS = 1
@@ -30,10 +32,7 @@ class SamplingSpec:
         if not 0 <= self.min_tokens <= self.max_tokens:
             raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], "
                              f"got {self.min_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_sampling(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p)
 
 
 @dataclass(eq=False)

@@ -69,7 +69,7 @@ class AdapterFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class AdapterInfo(_message.Message):
-    __slots__ = ("adapter_id", "rank", "lora_alpha", "use_rslora", "target_modules", "size_bytes", "sha256", "valid", "invalid_reason", "files", "name", "version", "versions", "created_unix")
+    __slots__ = ("adapter_id", "rank", "lora_alpha", "use_rslora", "target_modules", "size_bytes", "sha256", "valid", "invalid_reason", "files", "name", "version", "versions", "created_unix", "content_mismatch")
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     LORA_ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class AdapterInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_MISMATCH_FIELD_NUMBER: _ClassVar[int]
     adapter_id: str
     rank: int
     lora_alpha: float
@@ -98,7 +99,8 @@ class AdapterInfo(_message.Message):
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
     created_unix: float
-    def __init__(self, adapter_id: _Optional[str] = ..., rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., use_rslora: _Optional[bool] = ..., target_modules: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., valid: _Optional[bool] = ..., invalid_reason: _Optional[str] = ..., files: _Optional[_Iterable[_Union[AdapterFile, _Mapping]]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., created_unix: _Optional[float] = ...) -> None: ...
+    content_mismatch: bool
+    def __init__(self, adapter_id: _Optional[str] = ..., rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., use_rslora: _Optional[bool] = ..., target_modules: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., valid: _Optional[bool] = ..., invalid_reason: _Optional[str] = ..., files: _Optional[_Iterable[_Union[AdapterFile, _Mapping]]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., created_unix: _Optional[float] = ..., content_mismatch: _Optional[bool] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ()
