@@ -25,11 +25,12 @@ def slowest(results: list[LoadResult], n: int = 5) -> list[LoadResult]:
 
 def format_slowest(results: list[LoadResult], n: int = 5) -> str:
     rows = slowest(results, n)
-    head = f"{'trace id':<32}  {'adapter':<22}" + "".join(f"{c[:-3]:>10}" for c in COLUMNS)
+    w = max([len("adapter")] + [len(r.request.adapter or "base") for r in rows])
+    head = f"{'trace id':<32}  {'adapter':<{w}}" + "".join(f"{c[:-3]:>10}" for c in COLUMNS)
     lines = [f"TTFT breakdown of the {len(rows)} slowest requests (ms; find the trace ids in Jaeger)",
              head, "-" * len(head)]
     for r in rows:
         b = breakdown(r)
-        lines.append(f"{r.trace_id or '(untraced)':<32}  {(r.request.adapter or 'base'):<22}"
+        lines.append(f"{r.trace_id or '(untraced)':<32}  {(r.request.adapter or 'base'):<{w}}"
                      + "".join(f"{b[c]:>10.1f}" for c in COLUMNS))
     return "\n".join(lines)

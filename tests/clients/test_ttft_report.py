@@ -19,3 +19,9 @@ def test_slowest_five_with_disjoint_parts_and_trace_ids():
     lines = text.splitlines()
     assert len(lines) == 3 + 5 and lines[3].startswith(f"{90:032d}")
     assert "999" not in text
+
+
+def test_columns_line_up_for_long_adapter_names():
+    rs = [result(10, trace="a" * 32, adapter="x" * 40), result(20, trace="b" * 32, adapter="y")]
+    lines = format_slowest(rs).splitlines()
+    assert len({len(line) for line in lines[1:]}) == 1
