@@ -56,6 +56,10 @@ class LoraKernelMeta:
         self.seg_ranks: list[int] = []                # each segment's adapter's largest rank
         self.order_host = torch.zeros(0, dtype=torch.long)
 
+    def slot_uid(self, slot: int) -> int | None:
+        """The install id of the adapter whose row table is in `slot`."""
+        return self._slot_uid[slot]
+
     @property
     def table_rank(self) -> int:
         return int(self.rows.shape[-1])

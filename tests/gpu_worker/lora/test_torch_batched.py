@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpu_worker.lora.reference import lora_expand_ref, lora_shrink_ref
-from gpu_worker.lora.torch_batched import TorchLora
+from gpu_worker.lora.torch_batched import DenseCache, TorchLora
 
 from .lora_cases import GROUPS, SLOT_WIDTH, dense_delta, make_case, module_ids, widths
 
@@ -53,3 +53,25 @@ def test_step_slots_persist_while_adapters_keep_running():
     assert meta.copies == copies  # steady decoding copies no row tables
     meta.refresh(case.adapters[:1] + [None] * 3, case.query_lens)
     assert meta.n_segments == 1 and meta.n_active == 1
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 20_000])
+def test_dense_cache_gives_the_same_deltas_and_stays_in_its_budget(budget):
+    gen = torch.Generator().manual_seed(3)
+    case = make_case(7, [4, 16, 33, 8], n_seqs=9, popularity="distinct", phase="decode")
+    cache = DenseCache(budget)
+    plain = TorchLora(case.meta)
+    for rep in range(2):   # a later step over the same adapters reuses what the first gathered
+        cached = TorchLora(case.meta, cache)
+        for layer in range(case.pool.shape[0]):
+            for group, mods in GROUPS.items():
+                K = 56 if group == "down" else 40
+                x = torch.randn(case.meta.num_tokens, K, generator=gen)
+                y0 = torch.randn(case.meta.num_tokens, sum(widths(mods)), generator=gen)
+                ids = module_ids(mods)
+                y_plain, y_cached = y0.clone(), y0.clone()
+                plain.add(x, y_plain, case.pool, layer, ids, widths(mods), SLOT_WIDTH)
+                cached.add(x, y_cached, case.pool, layer, ids, widths(mods), SLOT_WIDTH)
+                assert torch.equal(y_plain, y_cached)
+        assert cache.nbytes <= budget
+    assert (cache.hits > 0) == (budget > 1 << 20)
