@@ -10,7 +10,8 @@ uses adapter i mod 16), one shared adapter, or none, and every request generates
 batch's wall time (prefill included); TBT is every gap between one request's successive
 tokens. Adapters are loaded before the timing. The step breakdown (attention, base linear
 layers, LoRA, sampling, other) comes from torch.profiler over one extra run of the batch-16
-distinct-adapter case; times are per generation step and include the profiler's overhead.
+distinct-adapter case (PROFILE_TOKENS new tokens, the prefill step included); times are per
+generation step and include the profiler's overhead.
 The systems run interleaved, case by case (`--repeat` N reports the median run), so that
 the load of a shared machine hits them alike. Without transformers/peft (dev-only) the HF
 side is skipped and the output says so.
@@ -36,6 +37,7 @@ BATCHES = (1, 4, 16, 32)
 KINDS = ("distinct", "shared", "none")
 SYSTEMS = ("hf_peft", "engine", "served")
 QUICK = {"batches": (16,), "kinds": ("distinct", "none")}
+PROFILE_TOKENS = 8   # the profiled run is short: the profiler records every op of every step
 PROMPTS = [
     "Write a haiku about autumn leaves.", "Explain what a hash table is.",
     "Translate 'good morning' into French.", "List three uses of copper.",
@@ -81,17 +83,17 @@ def tbt_gaps(stamps: dict[str, list[float]]) -> list[float]:
 
 
 def breakdown(prof, steps: int, wall_s: float) -> tuple[float, dict[str, float]]:
-    """Per-step milliseconds of each scope (an op counts in its innermost scope) and the rest."""
+    """Per-step milliseconds of each scope (an op counts in its innermost scope) and the rest.
+    One pass from the roots down, carrying the enclosing scope (no walk up per event)."""
     us: dict[str, float] = defaultdict(float)
-    for ev in prof.events():
-        e, name = ev, None
-        while e is not None:
-            if e.name in SCOPES:
-                name = e.name
-                break
-            e = e.cpu_parent
+    stack = [(ev, None) for ev in prof.events() if ev.cpu_parent is None]
+    while stack:
+        ev, name = stack.pop()
+        if ev.name in SCOPES:
+            name = ev.name
         if name is not None:
             us[name] += ev.self_cpu_time_total
+        stack.extend((c, name) for c in ev.cpu_children)
     step_ms = wall_s * 1e3 / max(1, steps)
     parts = {k: us[k] / 1e3 / max(1, steps) for k in SCOPES}
     parts["other"] = max(0.0, step_ms - sum(parts.values()))
@@ -135,7 +137,7 @@ def run_engine(parts, batch: int, kind: str, tokens: int, profile: bool = False)
     if not profile:
         return case, None
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        pwall, _, psteps, _ = go(tokens, "prof")
+        pwall, _, psteps, _ = go(min(tokens, PROFILE_TOKENS), "prof")
     step_ms, p = breakdown(prof, psteps, pwall)
     return case, Breakdown("engine", batch, kind, psteps, step_ms, p)
 
@@ -173,7 +175,7 @@ def run_hf(hf, batch: int, kind: str, tokens: int, profile: bool = False):
     handles = hf.label_modules()
     try:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            pwall, psteps, _ = hf.generate(prompts, adapters, tokens)
+            pwall, psteps, _ = hf.generate(prompts, adapters, min(tokens, PROFILE_TOKENS))
     finally:
         for h in handles:
             h.remove()
