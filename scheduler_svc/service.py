@@ -21,6 +21,7 @@ from scheduler_svc.core.types import AdmissionPolicy, PendingRequest
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.request_trace import RequestTrace, p99
 from scheduler_svc.intake import Intake, IntakeLimits, Refused, check_request
+from scheduler_svc.store_watch import StoreWatch
 from scheduler_svc.worker_link import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self._store_channel = aio_channel(store_address, security, internal_channel_options(security))
         self.store = store_pb2_grpc.AdapterStoreStub(self._store_channel)
         self.intake = Intake(self.store, limits or IntakeLimits(), clock)
+        # the store tells of pushes and deletes: cached metadata goes at once, not at its TTL
+        self.store_watch = StoreWatch(self.store, self._adapters_changed, self.intake.meta.clear)
         self.links = [WorkerLink(a, self._on_worker_event, self._on_worker_down, security)
                       for a in worker_addresses]
         self.book = RequestBook(policy, clock)
@@ -99,6 +102,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def start(self) -> None:
         for link in self.links:
             link.start()
+        self.store_watch.start()
         self._loop_task = asyncio.create_task(self._schedule_loop())
         self._loop_task.add_done_callback(_log_crash)
 
@@ -109,6 +113,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             self._hint_timer.cancel()
         for link in self.links:
             await link.stop()
+        await self.store_watch.stop()
         await self._store_channel.close()
         self.intake.close()
 
@@ -134,6 +139,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def _resident_anywhere(self, adapter_id: str) -> bool:
         return any(l.view.connected and l.state is not None and adapter_id in l.state.cached_adapters
                    for l in self.links)
+
+    def _adapters_changed(self, name: str, refs: list[str]) -> None:
+        """`name` may resolve to another version now; `refs` were pushed or deleted."""
+        for key in (name, *refs):
+            self.intake.meta.invalidate(key)
 
     def _queued_tokens(self) -> int:
         return sum(l.lc.pending.reserved_tokens for l in self._live.values() if l.lc.worker is None)

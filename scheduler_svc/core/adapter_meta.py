@@ -4,10 +4,11 @@ Without it the store is a single point of failure: when it cannot be reached, a
 stale entry may still be used, but only for an adapter some worker holds already
 (that worker does not need the store to serve it) and no older than
 `max_stale_s`; see `usable_while_store_down`. Entries are fresh for `ttl_s`, and
-a fresh entry saves the round trip to the store. The scheduler's default TTL is 0
-(every request asks the store while it is up), because a name can be deleted or
-re-pushed in the store's registry and a cached answer would hide that for up to
-the TTL.
+a fresh entry saves the round trip to the store. A name can be deleted or re-pushed
+in the store's registry; the scheduler follows the store's WatchAdapters stream
+(scheduler_svc/store_watch.py) and invalidates such names at once, and clears the
+cache whenever that stream reconnects, so the TTL (default 5 s) only bounds changes
+made to the objects behind the store's back.
 
 Invalidation: `invalidate(id)` drops an entry (the store said NOT_FOUND, a worker's
 fetch failed with NOT_FOUND / DATA_LOSS / FAILED_PRECONDITION, or an operator pushed
