@@ -125,7 +125,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--block-size", type=int, default=d["block_size"].default)
-    ap.add_argument("--pool-memory-bytes", "--kv-memory-bytes", dest="pool_memory_bytes", type=int,
+    ap.add_argument("--pool-memory-bytes", dest="pool_memory_bytes", type=int,
                     default=d["pool_memory_bytes"].default,
                     help="CPU: bytes of the unified pool shared by KV pages and cached adapters")
     ap.add_argument("--gpu-memory-fraction", type=float, default=d["gpu_memory_fraction"].default)

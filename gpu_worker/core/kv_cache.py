@@ -60,12 +60,3 @@ class PagedKVCache:
         k = self.k[layer, pages].reshape(-1, self.num_kv_heads, self.head_dim)[:length]
         v = self.v[layer, pages].reshape(-1, self.num_kv_heads, self.head_dim)[:length]
         return k, v
-
-    def gather_padded(self, layer: int, page_index: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V of several sequences at once: page_index [B, P] -> each [B, P*block_size,
-        num_kv_heads, head_dim]; the caller masks slots past each sequence's length."""
-        b, p = page_index.shape
-        k = self.k[layer, page_index].reshape(b, p * self.block_size, self.num_kv_heads, self.head_dim)
-        v = self.v[layer, page_index].reshape(b, p * self.block_size, self.num_kv_heads, self.head_dim)
-        return k, v

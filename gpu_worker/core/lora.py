@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from chameleon_common.model_config import LlamaConfig
-from chameleon_common.peft_format import AdapterFormatError, AdapterShapeError, plan_adapter  # noqa: F401 (re-export)
+from chameleon_common.peft_format import AdapterFormatError, plan_adapter
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -50,7 +50,6 @@ class Sequence:
     sim_output_tokens: int | None = None
     # timings (engine clock, seconds)
     arrival: float = 0.0
-    ready_at: float | None = None  # adapter resident
     prefill_ms: float = 0.0
     prefill_started_at: float | None = None   # its first prefill forward pass began
     adapter_wait_s: float = 0.0    # adapter load time on this request's critical path

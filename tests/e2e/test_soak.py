@@ -167,7 +167,8 @@ def run_soak(tiny_assets, seconds: float) -> dict:
     spec = ClusterSpec(model=Path(tiny_assets["model"]), adapters=Path(tiny_assets["adapters"]),
                        worker_args=["--max-running", "8", "--block-size", "4",
                                     "--pool-memory-bytes", str(8 << 20)],
-                       scheduler_args=["--max-queued", "64"])
+                       scheduler_args=["--max-queued", "64"],
+                       startup_timeout_s=max(180.0, seconds / 2))   # a long run may share a busy box
     report: dict = {"seconds": seconds}
     with Cluster(spec) as cluster:
         async def main() -> None:

@@ -1,10 +1,10 @@
 """The adapter cache manager over the unified page pool (no torch).
 
-KV blocks, activations and adapter weights all take pages from one PagePool.
-With the idle-memory policies nothing is reserved for adapters: a cached
-adapter nobody is running ("idle") keeps its pages until a KV allocation, an
-activation buffer or a missing adapter needs them, and is then evicted in the
-policy's order. Rules every policy keeps:
+KV blocks and adapter weights take pages from one PagePool (activations are
+ordinary torch tensors outside it). With the idle-memory policies nothing is
+reserved for adapters: a cached adapter nobody is running ("idle") keeps its
+pages until a KV allocation or a missing adapter needs them, and is then evicted
+in the policy's order. Rules every policy keeps:
 
 - an adapter held by a running request (refcount > 0) or still loading is
   never evicted;
@@ -15,10 +15,11 @@ policy's order. Rules every policy keeps:
 - an allocation evicts nothing when it cannot succeed anyway, and never fails
   while free pages plus evictable pages suffice.
 
-The engine drives it: `lookup` once per arriving request (hit/miss),
-`set_queued_demand` each iteration, `reserve_for_load` -> copy weights ->
-`mark_loaded` (or `cancel_load`), `acquire`/`release` around a request's run,
-`allocate_kv`/`free_kv` for KV blocks and activations. Times come from the
+The engine drives it (through WorkerMemory): `lookup` once per arriving request
+(hit/miss), `set_queued_demand` whenever the set of waiting requests or hints
+changes (an admission, a load landing or failing, a hint, a release),
+`reserve_for_load` -> copy weights -> `mark_loaded` (or `cancel_load`),
+`acquire`/`release` around a request's run, `allocate_kv`/`free_kv` for KV blocks. Times come from the
 injected clock. How much room adapters and KV have is the policy's placement
 (placement.py); which idle adapter goes first is its order (eviction.py).
 Every removal of an adapter (eviction, flush, failed load, replaced digest)
@@ -260,9 +261,9 @@ class AdapterCache:
             self._remove(e, count_eviction=False)
         return [e.adapter_id for e in idle]
 
-    # -- KV blocks and activations -----------------------------------------
+    # -- KV blocks ------------------------------------------------------------
     def allocate_kv(self, owner: str, n_pages: int, keep: Collection[str] = ()) -> list[int] | None:
-        """n more pages for `owner` (a request's KV, or an activation buffer).
+        """n more pages for `owner` (a request's KV blocks).
 
         Evicts idle adapters (not those in `keep`) when free pages are short; None,
         with nothing evicted, only when free plus evictable pages do not suffice.

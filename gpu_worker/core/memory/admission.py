@@ -133,7 +133,13 @@ class ReservationLedger:
 
     # -- the committed set (batch planner) ----------------------------------
     def add_ready(self, seq: Sequence) -> None:
-        self.ready.append(seq)
+        """In arrival order (`seq.order`): a request whose adapter landed late goes before
+        the requests that arrived after it and became ready while it waited."""
+        if not self.ready or self.ready[-1].order <= seq.order:
+            self.ready.append(seq)
+            return
+        at = next(i for i, r in enumerate(self.ready) if r.order > seq.order)
+        self.ready.insert(at, seq)
 
     def start(self, seq: Sequence) -> None:
         """`seq` (the head of `ready`) starts running."""

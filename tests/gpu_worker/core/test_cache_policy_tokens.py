@@ -108,14 +108,19 @@ def test_a_waiting_adapter_is_not_starved_by_later_requests(parts):
     lora = Sequence("lora", prompt, SamplingSpec(max_tokens=8), adapter_id=name)
     eng.add(lora)
     eng.install(stage_adapter(adapters[name], model.config))
-    late, steps = 0, 0
+    lates: list[Sequence] = []
+    steps = 0
     while lora.finish is None:
         if len(eng.planner.waiting) + len(eng.planner.running) < 3:  # keep base load coming
-            eng.add(Sequence(f"late{late}", prompt, SamplingSpec(max_tokens=8)))
-            late += 1
+            lates.append(Sequence(f"late{len(lates)}", prompt, SamplingSpec(max_tokens=8)))
+            eng.add(lates[-1])
         eng.step()
         steps += 1
+        if not lora.output_ids:   # the adapter request came first: no later request may start first
+            started = [s.request_id for s in lates if s.output_ids]
+            assert not started, f"{started} started before the adapter request that came first"
         assert steps < 200, "the adapter request starved behind later base requests"
+    assert lates, "no later request arrived while the adapter request waited: the test shows nothing"
 
 
 def test_an_adapter_larger_than_the_pool_fails_its_requests_clearly(parts):
