@@ -12,22 +12,18 @@ Layout in any backend:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from chameleon_common.validation import InvalidId, check_adapter_id
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 MANIFEST_FILE = "manifest.json"
 VERSIONS_DIR = "versions"
-MAX_NAME_CHARS = 128
-MAX_VERSION = 10 ** 9
-# the same charset as every id crossing a service boundary: no '/', '\\', and no leading '.'
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (MAX_NAME_CHARS - 1))
-_VERSION = re.compile(r"[1-9][0-9]{0,8}")
 
 
-class InvalidAdapterId(ValueError):
+class InvalidAdapterId(InvalidId):
     pass
 
 
@@ -41,12 +37,12 @@ class RegistryRef:
 
 
 def parse_ref(text: str) -> RegistryRef:
-    name, sep, version = (text or "").partition("@")
-    if _NAME.fullmatch(name) is None or (sep and _VERSION.fullmatch(version) is None):
-        shown = repr(text) if len(repr(text)) <= 80 else repr(text)[:77] + "..."
-        raise InvalidAdapterId(
-            f"adapter id {shown} is not valid: use NAME or NAME@VERSION, NAME being 1-{MAX_NAME_CHARS} "
-            "letters, digits, '.', '_' or '-' starting with a letter or digit, VERSION a positive integer")
+    """`name` or `name@version`, by the one id validator every service uses."""
+    try:
+        check_adapter_id(text)
+    except InvalidId as e:
+        raise InvalidAdapterId(str(e)) from None
+    name, sep, version = text.partition("@")
     return RegistryRef(name, int(version) if sep else None)
 
 
