@@ -41,7 +41,8 @@ class IntakeLimits:
     retry_after_s: float = 1.0               # the hint sent with RESOURCE_EXHAUSTED
     tokenizer_threads: int = 2
     max_tokenizing: int = 64                 # prompts being or waiting to be tokenized
-    adapter_meta_ttl_s: float = 5.0          # pushes and deletes invalidate at once (StoreWatch)
+    adapter_meta_ttl_s: float = 0.0          # 0: ask the store every time it is up (it answers
+                                             # from its own listing cache, not the object store)
     adapter_meta_max_stale_s: float = 600.0  # how long a cached answer serves while it is down
     store_timeout_s: float = 5.0
 

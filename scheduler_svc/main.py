@@ -120,8 +120,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                    help="prompts being or waiting to be tokenized; past it RESOURCE_EXHAUSTED")
     g.add_argument("--adapter-meta-ttl-s", type=float, default=d.adapter_meta_ttl_s,
                    help="trust the store's answer about an adapter this long without asking again "
-                        "(default 5; the store's WatchAdapters stream invalidates pushed and deleted "
-                        "names at once, so the TTL only bounds changes made behind the store's back)")
+                        "(default 0: ask every time; with a TTL the store's WatchAdapters stream "
+                        "still drops pushed and deleted names at once)")
     g.add_argument("--adapter-meta-max-stale-s", type=float, default=d.adapter_meta_max_stale_s,
                    help="while the store is unreachable, serve adapters a worker holds on the "
                         "scheduler's last answer about them, up to this old")

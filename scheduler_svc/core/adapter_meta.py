@@ -7,8 +7,11 @@ stale entry may still be used, but only for an adapter some worker holds already
 a fresh entry saves the round trip to the store. A name can be deleted or re-pushed
 in the store's registry; the scheduler follows the store's WatchAdapters stream
 (scheduler_svc/store_watch.py) and invalidates such names at once, and clears the
-cache whenever that stream reconnects, so the TTL (default 5 s) only bounds changes
-made to the objects behind the store's back.
+cache whenever that stream reconnects, so a positive TTL only bounds changes made
+to the objects behind the store's back. The default TTL is 0 (every request asks
+the store while it is up; the store answers from its own listing cache, within its
+--stat-ttl-s, without an object-store round trip), and stale entries serve adapters
+some worker holds while the store is away.
 
 Invalidation: `invalidate(id)` drops an entry (the store said NOT_FOUND, a worker's
 fetch failed with NOT_FOUND / DATA_LOSS / FAILED_PRECONDITION, or an operator pushed
