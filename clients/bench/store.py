@@ -66,7 +66,10 @@ def adapter_files(target_bytes: int) -> tuple[int, bytes, bytes]:
                 off += n
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    block = os.urandom(1 << 20)
+    import numpy as np
+
+    # finite fp16 weights (the store refuses NaN/Inf), 1 MiB of them repeated
+    block = (np.random.default_rng(0).standard_normal(1 << 19) * 0.02).astype(np.float16).tobytes()
     data = (block * (off // len(block) + 1))[:off]
     config = json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank,
                          "target_modules": list(MODULES)}).encode()
