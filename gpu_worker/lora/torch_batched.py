@@ -102,7 +102,9 @@ class TorchLora:
                 dense = self._gather(bk, flat, layer, mods, K, out_widths, slot_width, x.dtype)
                 if self.cache is not None:
                     self.cache.put(key, dense, sum(t.numel() * t.element_size() for t in
-                                                   (dense[0], dense[1], *dense[2])))
+                                                   (dense[0], dense[1], *dense[2])) if dense else 0)
+            if not dense:   # no adapter of the bucket targets these modules in this layer
+                continue
             at, w, bts = dense
             xb = xp[bk.gather]                                          # [nb, Lb, K]
             z = torch.bmm(xb, at)                                       # [nb, Lb, nm*Rb]
@@ -117,12 +119,15 @@ class TorchLora:
                 out_widths: Sequence[int], slot_width: int, dtype: torch.dtype):
         """A bucket's rows for one layer and module group: A^T [nb, K, nm*Rb], the scale of
         every rank entry (0 past an adapter's rank) [nb, 1, nm*Rb], and per module B^T
-        [nb, Rb, N]."""
+        [nb, Rb, N]; () when no adapter of the bucket has these modules in this layer (the
+        delta is zero, nothing runs)."""
         meta = self.meta
         Rb, nb, nm = bk.rank, bk.slots.shape[0], mods.shape[0]
+        ranks = meta.ranks[bk.slots, layer][:, mods]                    # [nb, nm]
+        if not bool(ranks.any()):
+            return ()
         rows = meta.rows[bk.slots, layer][:, mods, :, :Rb]              # [nb, nm, 2, Rb]
         a = flat.unfold(0, K, slot_width).index_select(0, rows[:, :, A].reshape(-1).long())
-        ranks = meta.ranks[bk.slots, layer][:, mods]                    # [nb, nm]
         live = self._arange[:Rb] < ranks[..., None]                     # [nb, nm, Rb]
         w = meta.scales[bk.slots, layer][:, mods][..., None].expand(nb, nm, Rb)
         w = torch.where(live, w, 0).to(dtype).reshape(nb, 1, nm * Rb)
