@@ -147,7 +147,9 @@ class SimWorker:
         if seq is None:
             return
         if self._plan is not None and seq in self._plan.seqs:
-            self._plan.prefill = [s for s in self._plan.prefill if s is not seq]
+            keep = [(s, n) for s, n in zip(self._plan.prefill, self._plan.prefill_tokens) if s is not seq]
+            self._plan.prefill = [s for s, _ in keep]
+            self._plan.prefill_tokens = [n for _, n in keep]
             self._plan.decode = [s for s in self._plan.decode if s is not seq]
         self._retire(seq)
 
@@ -189,9 +191,11 @@ class SimWorker:
         for s in plan.prefill:
             self.started.setdefault(s.request_id, now)
         rank = self._ranks
-        prefill = [(len(s.prompt_ids), rank.get(s.adapter_id, 0)) for s in plan.prefill]
+        # chunked prefill (batch_planner.py): each prefill runs `prefill_tokens` of its prompt
+        prefill = [(n, rank.get(s.adapter_id, 0)) for s, n in zip(plan.prefill, plan.prefill_tokens)]
         decode = [rank.get(s.adapter_id, 0) for s in plan.decode]
-        context = sum(n for n, _ in prefill) + sum(s.num_tokens for s in plan.decode)
+        context = (sum(s.num_computed + n for s, n in zip(plan.prefill, plan.prefill_tokens))
+                   + sum(s.num_tokens for s in plan.decode))
         distinct = [rank[a] for a in {s.adapter_id for s in plan.seqs if s.adapter_id}]
         dt = self.cost.step_s(prefill=prefill, decode=decode, context_tokens=context,
                               distinct_ranks=distinct)
@@ -208,7 +212,10 @@ class SimWorker:
         if plan is None:
             return out
         now = self.clock()
-        for s in plan.seqs:
+        for s, n in zip(plan.seqs, plan.query_lens):
+            s.num_computed += n
+            if s.num_computed < len(s.prompt_ids):
+                continue       # a chunk that leaves part of its prompt samples nothing (engine.py)
             first = s.first_token_at is None
             if first:
                 s.first_token_at = now
