@@ -199,8 +199,15 @@ def run_soak(tiny_assets, seconds: float) -> dict:
                               worker_state=await worker_state(cluster.workers[0].address))
         asyncio.run(main())
         report["exited"] = {p.name: p.popen.poll() for p in cluster.procs if p.popen.poll() is not None}
-        report["tracebacks"] = [p.name for p in cluster.procs
-                                if "Traceback" in p.log_path.read_text(errors="replace")]
+        report["tracebacks"], report["late_writes"] = [], {}
+        for p in cluster.procs:
+            # grpc core logs a traceback (ExecuteBatchError) when a response is written to a
+            # stream the client has just cancelled; those are counted, any other one fails
+            blocks = p.log_path.read_text(errors="replace").split("Traceback")[1:]
+            late = sum("ExecuteBatchError" in b.split("\n20", 1)[0] for b in blocks)
+            report["late_writes"][p.name] = late
+            if len(blocks) > late:
+                report["tracebacks"].append(p.name)
     out = os.environ.get("SOAK_REPORT")
     if out:
         Path(out).write_text(json.dumps(report, indent=1))
