@@ -28,6 +28,10 @@ class SchedulerConfig:
     grace_s: float = 30.0
     prefetch_hints: int = 8                # adapters per prefetch hint to a worker (0: none)
     hint_interval_s: float = 0.1           # at most one hint per worker per interval
+    # Requests dispatched to a worker that have shown no token yet, at most (0: no window).
+    # Without it the queue forms in the worker's FIFO, where no policy orders it; 8 is the
+    # window the simulator's tail fix was measured with (sim/engine.py WorkerSpec).
+    admission_window: int = 8
     metrics_port: int | None = None        # Prometheus /metrics (None: off)
     public_plaintext: bool = False   # serve clients without TLS even when --tls-* secure the links
     limits: IntakeLimits = field(default_factory=IntakeLimits)
@@ -41,6 +45,8 @@ class SchedulerConfig:
 
         HintConfig(self.prefetch_hints, self.hint_interval_s)   # validates
         check_metrics_port(self.metrics_port)
+        if self.admission_window < 0:
+            raise ValueError(f"--admission-window must be >= 0, got {self.admission_window}")
         if not self.workers:
             raise ValueError("give at least one --worker host:port")
         for a in [self.store, *self.workers]:
@@ -65,7 +71,8 @@ async def serve(cfg: SchedulerConfig) -> None:
     service = SchedulerService(make_policy(cfg.policy, time.monotonic), cfg.store, cfg.workers,
                                tracer=tracer,
                                hints=HintConfig(cfg.prefetch_hints, cfg.hint_interval_s),
-                               limits=cfg.limits, security=cfg.security)
+                               limits=cfg.limits, security=cfg.security,
+                               admission_window=cfg.admission_window)
     # the public port: TLS (mTLS with --tls-ca) as configured unless --public-plaintext; the
     # token is what this scheduler presents on its links, clients are not asked for it
     tls = {} if cfg.public_plaintext else dict(tls_cert=cfg.security.tls_cert,
@@ -105,6 +112,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "(PrefetchHint on the worker stream; sent on change only; 0: off)")
     ap.add_argument("--hint-interval-s", type=float, default=0.1,
                     help="at most one prefetch hint per worker per this many seconds")
+    ap.add_argument("--admission-window", type=int, default=8,
+                    help="requests dispatched to a worker that have not produced a token yet, at "
+                         "most (default 8; 0 = as many as the worker's memory takes). Keeps the "
+                         "queue in the scheduler, where the policy orders it")
     d = IntakeLimits()
     g = ap.add_argument_group("limits")
     g.add_argument("--max-prompt-bytes", type=int, default=d.max_prompt_bytes,
@@ -140,7 +151,7 @@ def config_from_args(a: argparse.Namespace) -> SchedulerConfig:
     return SchedulerConfig(store=a.store, workers=a.workers, policy=a.policy, host=a.host,
                            port=a.port, port_file=a.port_file, grace_s=a.grace_s,
                            prefetch_hints=a.prefetch_hints, hint_interval_s=a.hint_interval_s,
-                           metrics_port=a.metrics_port, public_plaintext=a.public_plaintext,
+                           admission_window=a.admission_window, metrics_port=a.metrics_port, public_plaintext=a.public_plaintext,
                            limits=limits,
                            security=sec.config_from_args(a))
 

@@ -71,8 +71,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, policy: AdmissionPolicy, store_address: str, worker_addresses: list[str],
                  clock=time.monotonic, worker_wait_s: float = 30.0, tracer=None,
                  hints: HintConfig | None = None, limits: IntakeLimits | None = None,
-                 security: SecurityConfig | None = None):
+                 security: SecurityConfig | None = None, admission_window: int = 0):
         self.tracer = tracer
+        # requests a worker may hold that have not started (0: as many as its memory takes);
+        # see SchedulerConfig.admission_window
+        self.admission_window = admission_window
 
         self.policy = policy
         self.clock = clock
@@ -350,7 +353,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             if not links:
                 continue
             if self.policy.queued():
-                rnd = self.book.schedule(self.book.views_for([l.refresh_view() for l in links.values()]))
+                views = self.book.views_for([l.refresh_view() for l in links.values()])
+                rnd = self.book.schedule(self.book.window_for(views, self.admission_window))
                 for adm in rnd.admit:
                     self._dispatch(adm.request.request_id, links[adm.worker_id])
                 for rid, wid in rnd.cancel:   # squashed: already re-queued
@@ -446,8 +450,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if kind == "token":
             # a re-run replays tokens the client already has: drop that prefix
             n = len(msg.token_ids)
+            first = live.lc.seen_tokens == 0
             if self.book.tokens(msg.request_id, wid, n) == 0 and n > 0 and live.lc.sent_tokens > 0:
                 return
+            if first and self.admission_window > 0:
+                self._kick.set()   # the worker's admission window has room again
             live.put("token", msg)
         elif kind == "completion":
             self.book.completed(msg.request_id, wid)

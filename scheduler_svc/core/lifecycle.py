@@ -72,6 +72,19 @@ class RequestBook:
             v.running = len(r)
         return views
 
+    def window_for(self, views: list[WorkerView], max_waiting: int) -> list[WorkerView]:
+        """Set each view's admission window: requests dispatched to it that have shown no token
+        yet (parked for an adapter, waiting for room, or in prefill), out of `max_waiting`
+        (0: no window). The simulator counts the worker's own waiting list instead."""
+        if max_waiting > 0:
+            counts: dict[str, int] = {}
+            for lc in self.live.values():
+                if lc.worker is not None and not lc.done and lc.seen_tokens == 0:
+                    counts[lc.worker] = counts.get(lc.worker, 0) + 1
+            for v in views:
+                v.waiting, v.max_waiting = counts.get(v.worker_id, 0), max_waiting
+        return views
+
     # -- lifecycle ------------------------------------------------------------
     def add(self, pending: PendingRequest) -> Lifecycle:
         if pending.request_id in self.live:

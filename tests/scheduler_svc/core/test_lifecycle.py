@@ -100,3 +100,22 @@ def test_the_base_class_gives_every_optional_method_a_default():
         p.enqueue(req("x", adapter="ad-1"))
         p.schedule([WorkerView("w0", total_tokens=10, free_tokens=10)])   # too small: stays queued
         assert p.prefetch_hints("w0") == ["ad-1"], name
+
+
+def test_the_admission_window_holds_requests_in_the_scheduler_until_one_starts():
+    for name in ("fifo", "chameleon"):
+        clock = Clock()
+        book = RequestBook(make_policy(name, clock), clock)
+        for i in range(6):
+            book.add(req(f"r{i}", arrival=0.0))
+
+        def admit(window):
+            views = book.window_for(book.views_for([view(total=10_000)]), window)
+            return [a.request.request_id for a in book.schedule(views).admit]
+
+        first = admit(2)
+        assert len(first) == 2, name                        # two not started: the window is full
+        assert admit(2) == [], name
+        assert book.tokens(first[0], "w0", 1) == 1          # one of them streams its first token
+        assert len(admit(2)) == 1, name                     # ... which opens one place
+        assert len(admit(0)) == 3, name                     # no window: memory alone decides
