@@ -19,8 +19,8 @@ from pathlib import Path
 ACCESS_KEY = "chameleon"
 SECRET_KEY = "chameleon-secret"
 _PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-          "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "admin.port",
-          "admin.port.grpc", "s3.port.lance", "metricsPort")
+          "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
+          "metricsPort")
 
 
 class SeaweedUnavailable(RuntimeError):
@@ -68,6 +68,9 @@ class SeaweedFS:
         self.s3_port = ports["s3.port"]
         args = [binary, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+                # the Iceberg and Lance catalogs are not used; off, they take no ports (a
+                # restart on the same address once died in startIcebergServer)
+                "-s3.port.iceberg=0", "-s3.port.lance=0",
                 f"-bucket={self.bucket}", *[f"-{k}={v}" for k, v in ports.items()]]
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.weed.log"
         log = open(self.log_path, "ab")
