@@ -14,10 +14,22 @@ finished requests, as it does live).
 
 Adapters are in host memory (as in S-LoRA and the paper), so a fetch is staged at
 once; what costs time is the host-to-device copy, queued on the worker's one link.
+
+Two ways a copy meets compute (`WorkerSpec.adapter_load`):
+  overlapped  every copy runs on a side stream beside the steps (this project's worker).
+  blocking    S-LoRA's engine, which the paper's Chameleon is built on: the adapters of a
+              newly admitted request are loaded on the compute stream before its prefill
+              (`slora/server/router/manager.py` `_step` awaits `load_adapters` before
+              `_prefill_batch`; `infer_adapter.py` copies on the default stream unless
+              prefetching), so the GPU runs no step until the copy lands. Only prefetches
+              (the scheduler's hints, S-LoRA's `prefetch=True` path) overlap compute.
+A miss therefore costs the whole batch its copy time in `blocking` mode, a request's own
+wait in `overlapped` mode; the mode is the engine's, the same for every policy of a run.
 """
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,6 +54,23 @@ def model_config(cost: CostModel) -> LlamaConfig:
                        max_position_embeddings=cost.max_context, bos_token_id=1, eos_token_ids=[2])
 
 
+ADAPTER_LOADS = ("overlapped", "blocking")
+
+
+class _ComputeStreamLink(SharedLink):
+    """The worker's link in `blocking` mode: a demand copy is queued behind the step in
+    flight (it runs on the compute stream), a prefetch copy starts as soon as the link is free."""
+
+    def __init__(self, clock: Callable[[], float], copy_s: Callable[[int], float]):
+        super().__init__(clock, copy_s)
+        self.not_before = -math.inf
+
+    def schedule(self, nbytes: int) -> float:
+        if self.not_before > self.clock():
+            self.free_at = max(self.free_at, self.not_before)
+        return super().schedule(nbytes)
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """A simulated worker's configuration (the same for every scheduling policy)."""
@@ -56,8 +85,12 @@ class WorkerSpec:
     # 512 tokens), so the worker never idles for want of work while the scheduler's policy,
     # not the worker's FIFO, decides the order
     max_waiting: int = 8
+    adapter_load: str = "overlapped"   # or "blocking" (S-LoRA's engine, see the module doc)
 
     def __post_init__(self) -> None:
+        if self.adapter_load not in ADAPTER_LOADS:
+            raise ValueError(f"adapter_load must be one of {', '.join(ADAPTER_LOADS)}, "
+                             f"got {self.adapter_load!r}")
         if self.block_size <= 0 or self.max_running <= 0 or self.max_step_tokens <= 0:
             raise ValueError("block_size, max_running and max_step_tokens must be positive")
         if self.pool_pages < 0 or self.max_waiting < 0:
@@ -81,7 +114,10 @@ class SimWorker:
         self.clock = clock
         self.cfg = model_config(cost)
         pages = spec.pool_pages or cost.pool_pages(spec.block_size)
-        self.link = SharedLink(clock, cost.copy_s)
+        self.blocking = spec.adapter_load == "blocking"
+        self.link = (_ComputeStreamLink if self.blocking else SharedLink)(clock, cost.copy_s)
+        self.stalled_until = -math.inf             # blocking mode: a demand copy holds the GPU
+        self.stall_s = 0.0
         self.pool = SimPool.for_model(self.cfg, pages, spec.block_size, self.link,
                                       element_bytes=cost.dtype_bytes)
         self.memory = WorkerMemory(self.pool, spec.cache, clock,
@@ -109,12 +145,29 @@ class SimWorker:
     def adapter_bytes(self, adapter_id: str | None) -> int:
         return self._adapters[adapter_id].nbytes if adapter_id else 0
 
-    def _fetch(self, ids: list[str]) -> None:
-        """Adapters are in host memory: stage each at once (their copies take link time)."""
+    def _fetch(self, ids: list[str], demand: bool = True) -> None:
+        """Adapters are in host memory: stage each at once (their copies take link time).
+        In blocking mode a demand copy (not a prefetch) also holds the GPU until it lands."""
         todo = list(ids)
         while todo:
+            before = {id(i) for i in self.pool.installs}
+            if self.blocking and demand:
+                self.link.not_before = self.busy_until if self.busy_until is not None else -math.inf
             ev = self.memory.staged(self._adapters[todo.pop(0)])
+            if self.blocking:
+                self.link.not_before = -math.inf
+                if demand:
+                    for inst in self.pool.installs:
+                        if id(inst) not in before:
+                            self._stall(inst.ready_at)
             self._take(ev, todo)
+
+    def _stall(self, until: float) -> None:
+        start = max(self.clock(), self.busy_until or -math.inf, self.stalled_until)
+        if until > start:
+            self.stall_s += until - start
+            self.busy_s += until - start
+        self.stalled_until = max(self.stalled_until, until)
 
     def _take(self, ev: MemoryEvents, todo: list[str] | None = None) -> None:
         for s in ev.ready:
@@ -127,7 +180,7 @@ class SimWorker:
 
     def hint(self, adapter_ids: list[str]) -> None:
         """The scheduler's prefetch hint (a PrefetchHint message on the worker's stream)."""
-        self._fetch(self.memory.hint(adapter_ids))
+        self._fetch(self.memory.hint(adapter_ids), demand=False)
 
     # -- requests --------------------------------------------------------------
     def add(self, request_id: str, adapter_id: str | None, input_tokens: int, max_tokens: int,
@@ -178,7 +231,7 @@ class SimWorker:
 
     def try_start(self) -> float | None:
         """If idle, plan a step as the engine does; returns when it ends (None: nothing to run)."""
-        if self.busy_until is not None:
+        if self.busy_until is not None or self.clock() < self.stalled_until:
             return None
         self._take(self.memory.poll())   # adapters whose copy has landed
         plan = self.planner.plan()

@@ -7,7 +7,7 @@ several seeds per point. Each run lasts several T_refresh (300 s) and the first
 `warmup_s` is left out of every figure. Printed, saved as JSON (--json; the schema of
 issue #8), a Markdown report and PNG plots (--out). Runs go to a process pool.
 
-    chameleon bench paper --quick                 # 2 seeds, 3 loads, 240 s runs: ~65 s of CPU
+    chameleon bench paper --quick                 # 2 seeds, 4 loads, 240 s runs
     chameleon bench paper --seeds 3 --out paper/  # the full sweep (about an hour of CPU)
 
 --quick measured here: 65 s user + 9 s system CPU over two processes; wall 6.8 min with
@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sim.des import simulate
+from sim.engine import ADAPTER_LOADS
 from sim.metrics import SLO_TBT_S, SLO_TTFT_S, summarize, throughput_at_slo
 from sim.policies import POLICY_NAMES
 from sim.workload import Workload, WorkloadConfig
@@ -49,15 +50,20 @@ class Sweep:
     adapter_rps: float = 8.0
     adapter_duration_s: float = 600.0
     adapter_policies: tuple[str, ...] = ("slora", "vllm-lru", "chameleon")
+    # how an adapter copy meets compute (sim/engine.py): "blocking" is S-LoRA's engine, which
+    # every system of the paper's evaluation runs on (Chameleon is built on S-LoRA)
+    adapter_load: str = "blocking"
 
     def __post_init__(self) -> None:
+        if self.adapter_load not in ADAPTER_LOADS:
+            raise ValueError(f"adapter_load must be one of {', '.join(ADAPTER_LOADS)}")
         if self.seeds < 1 or not self.rps or self.duration_s <= self.warmup_s or self.warmup_s < 0:
             raise ValueError(f"need seeds >= 1, some RPS and duration > warm-up >= 0: {self}")
 
 
-FULL = Sweep(rps=(6.0, 8.0, 9.0, 10.0, 10.5, 11.0, 11.5, 12.0, 13.0), duration_s=1500.0,
+FULL = Sweep(rps=(4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 10.5, 11.0, 11.5, 12.0, 13.0), duration_s=1500.0,
              warmup_s=300.0, seeds=3)
-QUICK = Sweep(rps=(8.0, 10.5, 12.0), duration_s=240.0, warmup_s=60.0, seeds=2,
+QUICK = Sweep(rps=(5.0, 7.0, 9.0, 11.0), duration_s=240.0, warmup_s=60.0, seeds=2,
               adapter_counts=(25, 100, 150), adapter_duration_s=120.0,
               adapter_policies=("slora", "chameleon"))
 
@@ -71,7 +77,8 @@ def _run_one(task: tuple) -> dict:
     sw, policy, rps, seed, num_adapters, duration_s, keep_ttft = task
     wl = _workload(sw, rps, seed, num_adapters, duration_s)
     warm = sw.warmup_s if duration_s == sw.duration_s else min(sw.warmup_s, duration_s / 4)
-    res = simulate(wl, sw.profile, policy, seed=seed, warmup_s=warm)
+    res = simulate(wl, sw.profile, policy, seed=seed, warmup_s=warm,
+                   worker={"adapter_load": sw.adapter_load})
     s = summarize(res)
     s.update(rps=rps, num_adapters=num_adapters, wall_s=res.wall_s)
     if keep_ttft:
@@ -200,7 +207,7 @@ def _comparison(sw: Sweep, by: dict, thr_seed: dict) -> dict:
 
 # -- CLI -------------------------------------------------------------------------------------
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--quick", action="store_true", help="2 seeds, 3 loads, 240 s runs (~65 s of CPU)")
+    ap.add_argument("--quick", action="store_true", help="2 seeds, 4 loads, 240 s runs (~90 s of CPU)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per point (default: 3, quick: 2)")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the rows and throughput here")
     ap.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -210,6 +217,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rps", default=None, help="comma-separated loads (default: the sweep's own)")
     ap.add_argument("--duration-s", type=float, default=None, help="seconds of arrivals per run")
     ap.add_argument("--warmup-s", type=float, default=None, help="seconds left out of every figure")
+    ap.add_argument("--adapter-load", choices=ADAPTER_LOADS, default=None,
+                    help="blocking (default): a demand adapter copy stalls the GPU, as in S-LoRA's "
+                         "engine; overlapped: copies run beside compute, as in this project's worker")
     ap.add_argument("--adapter-counts", default=None,
                     help="comma-separated adapter counts for the hit-rate plot (default: the sweep's)")
 
@@ -225,6 +235,8 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
     if args.duration_s is not None or args.warmup_s is not None:
         sw = replace(sw, duration_s=args.duration_s or sw.duration_s,
                      warmup_s=sw.warmup_s if args.warmup_s is None else args.warmup_s)
+    if args.adapter_load:
+        sw = replace(sw, adapter_load=args.adapter_load)
     if args.policies:
         names = tuple(p.strip() for p in args.policies.split(",") if p.strip())
         bad = [p for p in names if p not in POLICY_NAMES]

@@ -19,7 +19,10 @@ def _ci(m: float, h: float, fmt: str = "{:.0f}") -> str:
 
 def _header(d: dict) -> str:
     sw = d["sweep"]
-    return (f"SIMULATED on the {sw['profile']} cost model: {sw['num_adapters']} adapters, "
+    load = sw.get("adapter_load", "overlapped")
+    engine = ("adapter loads block the GPU as in S-LoRA's engine" if load == "blocking"
+              else "adapter loads overlap compute")
+    return (f"SIMULATED on the {sw['profile']} cost model ({engine}): {sw['num_adapters']} adapters, "
             f"{sw['seeds']} seeds (0..{sw['seeds'] - 1}), runs of {sw['duration_s']:.0f} s with "
             f"the first {sw['warmup_s']:.0f} s left out; ± = 95% t-interval over seeds; "
             f"SLO: TTFT P99 <= {d['slo']['ttft_s']:.0f} s and TBT P99 <= "

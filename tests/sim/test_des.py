@@ -19,14 +19,16 @@ def a40() -> CostModel:
     return CostModel.from_profile("a40-llama7b")
 
 
-def test_single_request_ttft_per_rank_matches_the_papers_a40_figures_within_5_percent(a40):
+@pytest.mark.parametrize("adapter_load", ["overlapped", "blocking"])
+def test_single_request_ttft_per_rank_matches_the_papers_a40_figures_within_5_percent(a40, adapter_load):
     """One cold request per rank, far apart, through the whole simulator (scheduler round,
-    worker admission, adapter copy on the link, prefill step): TTFT = the paper's figure."""
+    worker admission, adapter copy on the link, prefill step): TTFT = the paper's figure,
+    whichever way copies meet compute (a request alone has nothing to overlap)."""
     n = a40.fitted.reference_prompt_tokens
     adapters = [AdapterSpec(f"a{r}", r) for r in PAPER_TTFT_MS]
     reqs = [Request(f"q{i}", 10.0 * i, a.adapter_id, a.rank, n, 410, 3) for i, a in enumerate(adapters)]
     wl = Workload(WorkloadConfig(rps=0.1, duration_s=60.0), adapters, reqs)
-    res = simulate(wl, a40, "slora", seed=0, warmup_s=0.0)
+    res = simulate(wl, a40, "slora", seed=0, warmup_s=0.0, worker={"adapter_load": adapter_load})
     for rec in res.records:
         paper = PAPER_TTFT_MS[rec.rank]
         assert rec.ttft_s * 1000 == pytest.approx(paper, rel=0.05), (rec.rank, rec.ttft_s)
@@ -83,3 +85,34 @@ def test_throughput_at_slo_is_the_last_rps_before_the_first_miss():
             {"rps": 10, "slo_met": True}]
     assert throughput_at_slo(rows) == 6
     assert throughput_at_slo([{"rps": 4, "slo_met": False}]) == 0.0
+
+
+def _decoder_and_a_cold_arrival(a40, adapter_load: str, hinted: bool = False):
+    """q0 decodes a long answer on a rank-8 adapter; at t=2 s q1 arrives for a cold rank-128
+    adapter (a ~74 ms copy). Returns q0's largest gap between tokens and the copy time."""
+    adapters = [AdapterSpec("small", 8), AdapterSpec("big", 128)]
+    reqs = [Request("q0", 0.0, "small", 8, 64, 400, 400),
+            Request("q1", 2.0, "big", 128, 64, 8, 8)]
+    wl = Workload(WorkloadConfig(rps=0.1, duration_s=30.0), adapters, reqs)
+    res = simulate(wl, a40, "slora", seed=0, warmup_s=0.0, worker={"adapter_load": adapter_load})
+    q0 = next(r for r in res.records if r.request_id == "q0")
+    assert all(r.finish_s is not None for r in res.records)
+    return max(q0.gaps_s), a40.copy_s(a40.adapter_bytes(128))
+
+
+def test_a_blocking_demand_load_stalls_the_running_batch_for_the_copy(a40):
+    """S-LoRA's engine loads a new request's adapter on the compute stream before its
+    prefill: the running request's next token waits for the whole copy."""
+    gap_overlapped, copy = _decoder_and_a_cold_arrival(a40, "overlapped")
+    gap_blocking, _ = _decoder_and_a_cold_arrival(a40, "blocking")
+    assert copy > 0.05
+    assert gap_blocking - gap_overlapped == pytest.approx(copy, rel=0.25)
+    # overlapped: the copy runs beside q0's decode steps; its largest gap is q1's prefill step
+    assert gap_overlapped < a40.prefill_s(64, 128) + 2 * a40.decode_s(2, 600)
+
+
+def test_blocking_mode_is_rejected_when_misspelt():
+    from sim.engine import WorkerSpec
+    from gpu_worker.core.memory.policy import CacheConfig
+    with pytest.raises(ValueError, match="adapter_load"):
+        WorkerSpec(CacheConfig("slora"), adapter_load="sync")
