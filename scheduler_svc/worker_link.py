@@ -80,11 +80,21 @@ class WorkerLink:
             channel = aio_channel(self.address, self._security,
                                   internal_channel_options(self._security))
             try:
+                stub = worker_pb2_grpc.WorkerStub(channel)
+                # The worker's description (geometry, tokenizer, limits) comes from GetInfo
+                # before the stream opens; the stream's hello must name the same worker, so a
+                # worker replaced between the two calls is caught and the link starts over.
+                info = await stub.GetInfo(worker_pb2.GetInfoRequest(), timeout=10)
                 self._out = asyncio.Queue()
-                call = worker_pb2_grpc.WorkerStub(channel).Connect(self._commands())
+                call = stub.Connect(self._commands())
                 async for ev in call:
                     if ev.WhichOneof("kind") == "hello":
-                        self._hello(ev.hello)
+                        if ev.hello.worker_id != info.worker_id or ev.hello.total_pages != info.total_pages:
+                            log.warning("worker %s: stream hello (%s) differs from GetInfo (%s); "
+                                        "reconnecting", self.address, ev.hello.worker_id, info.worker_id)
+                            call.cancel()
+                            break
+                        self._hello(info)
                         backoff = 0.2
                     elif ev.WhichOneof("kind") == "state":
                         self.state = ev.state

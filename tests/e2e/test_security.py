@@ -106,3 +106,25 @@ async def test_store_refuses_without_token_and_tls_needs_a_client_certificate(se
     async with grpc.aio.insecure_channel(cluster.store.address) as ch:
         with pytest.raises(grpc.aio.AioRpcError):
             await store_pb2_grpc.AdapterStoreStub(ch).StatAdapter(req, timeout=5)
+
+
+async def test_worker_get_info_describes_the_worker_the_scheduler_connected_to(secure):
+    """GetInfo is what the scheduler's link reads before it opens the stream: with the token it
+    answers the worker's geometry and tokenizer, and the scheduler's status figures are built
+    from that answer; without the token it is refused like Connect."""
+    cluster, pki, token = secure
+    async with grpc.aio.secure_channel(cluster.workers[0].address, creds(pki)) as ch:
+        stub = worker_pb2_grpc.WorkerStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await stub.GetInfo(worker_pb2.GetInfoRequest(), timeout=10)
+        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        info = await stub.GetInfo(worker_pb2.GetInfoRequest(), timeout=10,
+                                  metadata=(("authorization", f"Bearer {token}"),))
+    assert info.worker_id and info.model_name and info.tokenizer_json
+    assert info.block_size > 0 and info.total_pages > 0 and info.max_running > 0
+    async with ChameleonClient(cluster.address, tls_ca=pki["ca"], tls_cert=pki["cert"],
+                               tls_key=pki["key"]) as c:
+        st = await c.status()
+    (w,) = [w for w in st.workers if w.address == cluster.workers[0].address]
+    assert w.connected and w.worker_id == info.worker_id
+    assert w.total_tokens == info.total_pages * info.block_size
