@@ -107,12 +107,17 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     return
                 if ev is stream.open_batch:
                     stream.open_batch = None   # sent: the next step starts a new batch
+                if context.done():
+                    return   # the scheduler went away: writing now only logs a traceback
                 yield ev
         finally:
             reader.cancel()
             ticker.cancel()
             for rid in list(stream.requests):  # the scheduler went away: stop its work
                 self._cancel(rid)
+            # wait for both to unwind: a task only cancelled, never awaited, is left pending
+            # when the loop closes at shutdown ("Task was destroyed but it is pending")
+            await asyncio.gather(reader, ticker, return_exceptions=True)
 
     async def _read(self, request_iterator, stream: _Stream) -> None:
         try:

@@ -239,6 +239,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             self._kick.set()
             async with contextlib.aclosing(self._relay(live, pending, context)) as relay:
                 async for item in relay:  # closing it releases the request at once
+                    if context.done():
+                        # the client cancelled (or the deadline passed): a write now would
+                        # only make grpc core log an ExecuteBatchError traceback
+                        return
                     yield item
         finally:
             self.intake.release(rid)
