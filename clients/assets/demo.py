@@ -159,6 +159,20 @@ def _read_marker(path: Path, params: dict[str, Any]) -> dict[str, Any] | None:
     return result
 
 
+def _begin(root: Path, marker_name: str, params: dict[str, Any],
+           force: bool) -> tuple[Path, dict[str, Any] | None]:
+    """The marker's path, and the stored result when a matching preparation is complete;
+    otherwise the root exists and the marker is gone, so an interrupted run is never ready."""
+    marker = root / marker_name
+    if not force:
+        ready = _read_marker(marker, params)
+        if ready is not None:
+            return marker, ready
+    root.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    return marker, None
+
+
 def _write_marker(path: Path, params: dict[str, Any], result: dict[str, Any]) -> None:
     payload = {"format_version": ASSETS_FORMAT_VERSION, "params": params, "result": _relative(path.parent, result)}
     write_json(path, payload)
@@ -219,14 +233,10 @@ def prepare_demo(
     root = Path(root)
     report = progress or (lambda _message: None)
     params = {"n_adapters": n_adapters}
-    marker = root / DEMO_MARKER
-    if not force:
-        ready = _read_marker(marker, params)
-        if ready is not None:
-            return ready
+    marker, ready = _begin(root, DEMO_MARKER, params, force)
+    if ready is not None:
+        return ready
     specs = demo_adapter_specs(n_adapters)
-    root.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
     model_dir = root / SMOLLM2_DIR
     # staged_dir only ever leaves complete folders, so an existing one can be reused.
     if force or not (model_dir / CONFIG_FILE).is_file():
@@ -257,13 +267,9 @@ def prepare_bench(root: Path | str, force: bool = False, progress: Progress = No
     root = Path(root)
     report = progress or (lambda _message: None)
     params: dict[str, Any] = {"bench": 1}
-    marker = root / BENCH_MARKER
-    if not force:
-        ready = _read_marker(marker, params)
-        if ready is not None:
-            return ready
-    root.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
+    marker, ready = _begin(root, BENCH_MARKER, params, force)
+    if ready is not None:
+        return ready
     model_dir = root / SMOLLM2_DIR
     if force or not (model_dir / CONFIG_FILE).is_file():
         report("converting SmolLM2-135M GGUF to a float32 HF folder")
@@ -291,13 +297,9 @@ def prepare_tiny(
     root = Path(root)
     report = progress or (lambda _message: None)
     params: dict[str, Any] = {}
-    marker = root / TINY_MARKER
-    if not force:
-        ready = _read_marker(marker, params)
-        if ready is not None:
-            return ready
-    root.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
+    marker, ready = _begin(root, TINY_MARKER, params, force)
+    if ready is not None:
+        return ready
     converted = root / SMOLLM2_DIR
     # Copying the tokenizer of an already converted SmolLM2 saves parsing the GGUF again.
     tokenizer_dir = converted if (converted / TOKENIZER_FILE).is_file() else None
