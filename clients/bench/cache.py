@@ -11,7 +11,6 @@ KV pages. Every number is SIMULATED, not measured on a GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from sim.des import simulate
 from sim.metrics import percentile, summarize
 from sim.policies import PolicySpec
 from sim.workload import Workload, WorkloadConfig
+from clients.bench._io import write_json
 
 QUICK_S, FULL_S = 120.0, 600.0
 RATE_RPS = 8.0
@@ -78,9 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     result = run_cache_bench(args.quick, args.seed, args.pool_pages)
     print(format_table(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_json(args.json, result)
     return 0
 
 

@@ -11,7 +11,6 @@ out, the intermediate z, and each distinct adapter's rows once.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from gpu_worker.core.unified_pool import StagedAdapter, UnifiedPool, adapter_sha
 from gpu_worker.lora.backend import LoraRunner
 from gpu_worker.lora.reference import lora_expand_ref, lora_shrink_ref
 from gpu_worker.lora.rows import LORA_MODULES, MODULE_INDEX
+from clients.bench._io import write_json
 
 RANK = 16
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
@@ -183,9 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     result = run_kernels_bench(args.quick, args.device, args.reps)
     print(format_table(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_json(args.json, result)
     return 0
 
 

@@ -16,7 +16,6 @@ the 2-core machine at load 12-38 (other jobs), ~40 s when it has both cores.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -31,6 +30,7 @@ from sim.engine import ADAPTER_LOADS
 from sim.metrics import SLO_TBT_S, SLO_TTFT_S, summarize, throughput_at_slo
 from sim.policies import POLICY_NAMES
 from sim.workload import Workload, WorkloadConfig
+from clients.bench._io import write_json
 
 # Student t, two-sided 95%, by degrees of freedom (n - 1)
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -261,10 +261,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = run_sweep(sw, args.jobs, progress)
     print(format_table(res))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res["result"], indent=1) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_json(args.json, res["result"])
     if args.out is not None:
         for p in write_outputs(res, args.out, " ".join(["chameleon", "bench", "paper"] + sys.argv[3:])):
             print(f"wrote {p}", file=sys.stderr)

@@ -12,7 +12,6 @@ cache) and prints TTFT percentiles: those numbers are SIMULATED, not measured on
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from sim.cost_model import CostModel
 from sim.des import VirtualClock, simulate
 from sim.policies import PolicySpec
 from sim.workload import Request, Workload, WorkloadConfig
+from clients.bench._io import write_json
 
 PROFILE = "a40-llama7b"
 TOTAL_TOKENS, MAX_RUNNING, BLOCK_TOKENS = 16384, 64, 16
@@ -198,9 +198,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     result = run_sched_bench(sizes=tuple(args.sizes), rounds=args.rounds, compare=args.compare)
     print(format_report(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_json(args.json, result)
     return 0
 
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
+from clients.bench._io import write_json
 
 SIZES_MB = (64, 512)
 QUICK_SIZES_MB = (4,)
@@ -218,9 +219,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = args.sizes_mb or (list(QUICK_SIZES_MB) if args.quick else list(SIZES_MB))
     print("adapter streaming, store -> worker (live on CPU)")
     result = asyncio.run(run_store_bench(sizes, args.backends, max(1, args.reps)))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_json(args.json, result)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ GOAL = 0.97
 RECEIVER = """
 import asyncio, os, sys
 from oteltap import OtelTapHttpProtobufReceiver as R, OtelTapHttpProtobufReceiverSettings as S
+from clients.bench._io import write_json
 async def main(port, out):
     n = 0
     async with R(S(http_port=port)) as tap:
@@ -165,9 +165,7 @@ def run(args: argparse.Namespace) -> int:
           f"tok/s = {out['ratio']:.3f} (goal >= {GOAL}: {verdict}); per adjacent pair: "
           + ", ".join(f"{r:.3f}" for r in out["pair_ratios"])
           + f" (median {out['median_pair_ratio']:.3f})")
-    if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_json(args.json, out)
     errors = sum(r["errors"] for r in out["rounds"])
     received = all(r["spans_received"] > 0 for r in out["rounds"] if r["mode"] == "on")
     return 0 if errors == 0 and received else 1
