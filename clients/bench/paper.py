@@ -207,7 +207,7 @@ def _comparison(sw: Sweep, by: dict, thr_seed: dict) -> dict:
 
 # -- CLI -------------------------------------------------------------------------------------
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--quick", action="store_true", help="2 seeds, 4 loads, 240 s runs (~90 s of CPU)")
+    ap.add_argument("--quick", action="store_true", help="2 seeds, 4 loads, 240 s runs")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per point (default: 3, quick: 2)")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the rows and throughput here")
     ap.add_argument("--out", type=Path, default=None, metavar="DIR",

@@ -46,8 +46,12 @@ async def test_a_queued_requests_adapter_is_staged_before_it_is_admitted(tiny_as
                     await asyncio.sleep(0.01)
                 ids, timings = await queued
                 await asyncio.gather(*long)
-                await asyncio.sleep(0.3)              # the worker reports its cache every 0.25 s
+                # the worker reports its cache every 0.25 s: wait for the report that counts
+                # the request (a fixed sleep was too short on a loaded machine)
                 s = await c.status()
+                while s.workers[0].cache_hits + s.workers[0].cache_misses == 0:
+                    await asyncio.sleep(0.05)
+                    s = await c.status()
     assert staged_while_queued, "the adapter was not staged while its request was queued"
     assert s.metrics["prefetch_hints_sent"] >= 1
     w = s.workers[0]
