@@ -117,7 +117,6 @@ class SimWorker:
         self.blocking = spec.adapter_load == "blocking"
         self.link = (_ComputeStreamLink if self.blocking else SharedLink)(clock, cost.copy_s)
         self.stalled_until = -math.inf             # blocking mode: a demand copy holds the GPU
-        self.stall_s = 0.0
         self.pool = SimPool.for_model(self.cfg, pages, spec.block_size, self.link,
                                       element_bytes=cost.dtype_bytes)
         self.memory = WorkerMemory(self.pool, spec.cache, clock,
@@ -148,24 +147,24 @@ class SimWorker:
     def _fetch(self, ids: list[str], demand: bool = True) -> None:
         """Adapters are in host memory: stage each at once (their copies take link time).
         In blocking mode a demand copy (not a prefetch) also holds the GPU until it lands."""
+        stalls = self.blocking and demand
         todo = list(ids)
         while todo:
-            before = {id(i) for i in self.pool.installs}
-            if self.blocking and demand:
+            if stalls:
+                before = {id(i) for i in self.pool.installs}
                 self.link.not_before = self.busy_until if self.busy_until is not None else -math.inf
             ev = self.memory.staged(self._adapters[todo.pop(0)])
-            if self.blocking:
+            if stalls:
                 self.link.not_before = -math.inf
-                if demand:
-                    for inst in self.pool.installs:
-                        if id(inst) not in before:
-                            self._stall(inst.ready_at)
+                for inst in self.pool.installs:
+                    if id(inst) not in before:
+                        self._stall(inst.ready_at)
             self._take(ev, todo)
 
     def _stall(self, until: float) -> None:
-        start = max(self.clock(), self.busy_until or -math.inf, self.stalled_until)
+        step_end = self.busy_until if self.busy_until is not None else -math.inf
+        start = max(self.clock(), step_end, self.stalled_until)
         if until > start:
-            self.stall_s += until - start
             self.busy_s += until - start
         self.stalled_until = max(self.stalled_until, until)
 

@@ -87,7 +87,7 @@ def test_throughput_at_slo_is_the_last_rps_before_the_first_miss():
     assert throughput_at_slo([{"rps": 4, "slo_met": False}]) == 0.0
 
 
-def _decoder_and_a_cold_arrival(a40, adapter_load: str, hinted: bool = False):
+def _decoder_and_a_cold_arrival(a40, adapter_load: str):
     """q0 decodes a long answer on a rank-8 adapter; at t=2 s q1 arrives for a cold rank-128
     adapter (a ~74 ms copy). Returns q0's largest gap between tokens and the copy time."""
     adapters = [AdapterSpec("small", 8), AdapterSpec("big", 128)]
