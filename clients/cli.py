@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
-    for name in ("cache", "sched", "kernels", "store", "paper", "engine", "live", "tracing"):
+    for name in ("cache", "sched", "kernels", "store", "paper", "engine", "live", "tracing",
+                 "relay"):
         try:
             mod = __import__(f"clients.bench.{name}", fromlist=["run"])
         except ImportError:
