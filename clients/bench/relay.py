@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from clients.bench._io import write_json
+
 DEFAULT_POINTS = ((1, 64), (1, 256), (4, 64), (4, 256), (8, 64), (8, 256))
 GOAL_TOK_S = 100_000
 PROMPT = "tok tok tok tok tok tok tok tok"   # 8 tokens of the fake workers' tokenizer
@@ -253,7 +255,6 @@ def run(args: argparse.Namespace) -> int:
     best = out["best_tok_per_scheduler_cpu_s"]
     print(f"best: {out['best_tok_s']:.0f} tok/s relayed; {best:.0f} tokens per scheduler CPU-second "
           f"({'meets' if best >= GOAL_TOK_S else 'below'} the {GOAL_TOK_S:,} tok/s-per-core goal)")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     lost = sum(p["lost_tokens"] for p in out["points"])
     return 1 if lost or any(p["errors"] for p in out["points"]) else 0
