@@ -7,9 +7,12 @@ worker's `WorkerQueues` then admit it (batch.py: Algorithm 1 and bypass; mlq.py:
 queues, quota charges and squash).
 
 Queues are rebuilt every `refresh_s` seconds of the injected clock (the first time as
-soon as `first_refresh_samples` requests were seen): 1-D K-means on the WRS of the
-requests seen in the last `window_s` seconds picks K and the boundaries (kmeans.py),
-and quota.py sizes each queue's token quota from the same window.
+soon as `first_refresh_samples` requests were seen), and optionally again at each count
+of `early_refresh_samples` (off by default: on the simulator it did not change P99 TTFT
+against fifo by more than the seed-to-seed spread; README, "Reproducing the paper").
+1-D K-means on the WRS of the requests seen in the last `window_s` seconds
+picks K and the boundaries (kmeans.py), and quota.py sizes each queue's token quota from
+the same window.
 
 Contract with the service, beyond `AdmissionPolicy`:
   * after `schedule()`, `squashes()` lists request ids to stop; the policy has already
@@ -37,6 +40,7 @@ from .wrs import WrsScale
 class ChameleonConfig:
     refresh_s: float = 300.0
     first_refresh_samples: int = 32
+    early_refresh_samples: tuple[int, ...] = ()   # e.g. (64, 128, 256); off: see module doc
     window_s: float = 600.0           # WRS maxima and clustering samples
     max_samples: int = 2000
     k_max: int = 4
@@ -74,6 +78,10 @@ class ChameleonConfig:
             raise ValueError("refresh_s, window_s and slo_s must be > 0")
         if self.first_refresh_samples < 1 or self.max_samples < 1:
             raise ValueError("first_refresh_samples and max_samples must be >= 1")
+        if list(self.early_refresh_samples) != sorted(set(self.early_refresh_samples)) or any(
+                n < 1 for n in self.early_refresh_samples):
+            raise ValueError(f"early_refresh_samples must be increasing and >= 1, got "
+                             f"{self.early_refresh_samples}")
         if not 1 <= self.k_max <= len(self.quota_weights):
             raise ValueError(f"k_max must be in 1..{len(self.quota_weights)} (one weight per queue)")
         if any(w < 0 for w in self.quota_weights) or sum(self.quota_weights[:1]) <= 0:
@@ -106,6 +114,8 @@ class ChameleonPolicy(AdmissionPolicy):
         self._rate_span_s = 1.0
         self._last_refresh: float | None = None
         self.refreshes = 0
+        self._seen = 0                                   # requests ever enqueued
+        self._seen_at_refresh = 0
         self._seq = 0
         self._pending: deque[Entry] = deque()            # waiting for a worker
         self._pending_live: dict[str, Entry] = {}
@@ -123,6 +133,7 @@ class ChameleonPolicy(AdmissionPolicy):
             req.predicted_output = self.predictor.predict(req)
         self._scale.observe(now, req.input_tokens, req.predicted_output, req.adapter_bytes)
         self._samples.append((now, req.input_tokens, req.predicted_output, req.adapter_bytes))
+        self._seen += 1
         self._add_pending(self._entry(req, now))
 
     def requeue(self, req: PendingRequest) -> None:
@@ -254,15 +265,19 @@ class ChameleonPolicy(AdmissionPolicy):
     def _due_refresh(self, now: float) -> bool:
         if self.config.static_boundaries is not None:
             return False
+        c = self.config
         if self._last_refresh is None:
-            return len(self._samples) >= self.config.first_refresh_samples
-        return now - self._last_refresh >= self.config.refresh_s
+            return len(self._samples) >= c.first_refresh_samples
+        if now - self._last_refresh >= c.refresh_s:
+            return True
+        return any(self._seen_at_refresh < n <= self._seen for n in c.early_refresh_samples)
 
     def _refresh(self, now: float) -> None:
         c = self.config
         while self._samples and self._samples[0][0] < now - c.window_s:
             self._samples.popleft()
         self._last_refresh = now
+        self._seen_at_refresh = self._seen
         self.refreshes += 1
         if not self._samples:
             return

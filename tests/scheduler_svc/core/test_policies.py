@@ -190,6 +190,25 @@ def test_queues_are_rebuilt_every_t_refresh_from_the_recent_wrs():
     assert p.metrics()["refreshes"] == 2
 
 
+def _feed(p, clock, n: int, start: int) -> None:
+    for i in range(start, start + n):
+        clock.now = float(i)
+        p.enqueue(req(f"r{i}", predicted=10))
+        p.schedule([worker("w0", free=0)])
+
+
+def test_early_refreshes_fire_once_at_each_sample_count():
+    p, clock = chameleon(refresh_s=1e6, first_refresh_samples=8, early_refresh_samples=(16, 32))
+    _feed(p, clock, 8, 0)
+    assert p.metrics()["refreshes"] == 1
+    _feed(p, clock, 7, 8)
+    assert p.metrics()["refreshes"] == 1
+    _feed(p, clock, 1, 15)                           # the 16th request
+    assert p.metrics()["refreshes"] == 2
+    _feed(p, clock, 40, 16)                          # 32 crossed once, nothing after
+    assert p.metrics()["refreshes"] == 3
+
+
 def test_metrics_export_queues_quotas_squashes_and_predictor_accuracy():
     p, _ = chameleon()
     p.enqueue(req("r", predicted=None, max_tokens=50))
@@ -206,6 +225,7 @@ def test_metrics_export_queues_quotas_squashes_and_predictor_accuracy():
 
 def test_config_validation():
     for bad in (dict(quota_weights=(0.0, 1.0, 1.0, 1.0)), dict(bypass_margin=0.9),
-                dict(first_refresh_samples=0), dict(slo_s=-1.0), dict(warm_penalty=-0.1)):
+                dict(first_refresh_samples=0), dict(slo_s=-1.0), dict(warm_penalty=-0.1),
+                dict(early_refresh_samples=(64, 32))):
         with pytest.raises(ValueError):
             ChameleonConfig(**bad)
