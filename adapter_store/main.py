@@ -145,7 +145,7 @@ async def serve(cfg: StoreConfig) -> None:
     from chameleon_common.metrics import serve_metrics
 
     serve_metrics(service.metrics.registry, cfg.metrics_port, cfg.host, cfg.port_file)
-    store_pb2_grpc.add_AdapterStoreServicer_to_server(service, server.server)
+    service.add_to_server(server.server)
     log.info("adapter store: %s (base model %s)", backend.describe(), cfg.base_model)
     try:  # registration scan: pin every plain adapter's digest, check its values, once
         recs = await catalog.list()

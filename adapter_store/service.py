@@ -24,6 +24,7 @@ from adapter_store.core.hot_cache import HotCache
 from adapter_store.core.refs import ADAPTER_FILES
 from adapter_store.core.streaming import AdapterCorrupt, stream_adapter
 from adapter_store.metrics import StoreMetrics
+from chameleon_common.chunk_wire import Buffer, join_chunk
 from chameleon_common.tracing import from_grpc
 from chameleon.v1 import common_pb2, store_pb2, store_pb2_grpc
 
@@ -45,6 +46,32 @@ def record_to_proto(rec: AdapterRecord) -> common_pb2.AdapterInfo:
         created_unix=rec.created_unix)
 
 
+def _serialize_chunk(item: tuple[store_pb2.AdapterChunk, Buffer]) -> bytes:
+    return join_chunk(*item)
+
+
+class _FetchSerializerSwap:
+    """Stands in for the server while the generated code registers the store's methods, and
+    registers them on it with FetchAdapter's responses serialized by join_chunk: the servicer
+    yields (message without data, data) pairs. The rest is registered as generated."""
+
+    def __init__(self, server: grpc.aio.Server):
+        self.server = server
+        self.registered = False
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass   # built again below from the same method handlers, with the swap
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        fetch = handlers["FetchAdapter"]
+        handlers = dict(handlers, FetchAdapter=grpc.unary_stream_rpc_method_handler(
+            fetch.unary_stream, request_deserializer=fetch.request_deserializer,
+            response_serializer=_serialize_chunk))
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        self.server.add_registered_method_handlers(service, handlers)
+        self.registered = True
+
+
 class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
     def __init__(self, catalog: AdapterCatalog, hot: HotCache | None = None,
                  admin_token: str | None = None, readahead: int = 4, tracer=None):
@@ -55,6 +82,14 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
         self._admin_token = admin_token
         self.readahead = readahead
         self._watchers: set[asyncio.Queue] = set()
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Register this servicer (not with store_pb2_grpc's function: FetchAdapter needs its own
+        response serializer)."""
+        swap = _FetchSerializerSwap(server)
+        store_pb2_grpc.add_AdapterStoreServicer_to_server(self, swap)
+        if not swap.registered:
+            raise RuntimeError("the generated store_pb2_grpc did not register its method handlers")
 
     def _publish(self, kind: int, name: str, refs: list[str]) -> None:
         ev = store_pb2.WatchAdaptersResponse(kind=kind, name=name, refs=refs)
@@ -133,10 +168,10 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
     async def FetchAdapter(self, request, context):
         with self._span("FetchAdapter", context, request.adapter_id) as span:
             sent = 0
-            async for chunk in self._fetch(request, context, span):
-                sent += len(chunk.data)
-                self.metrics.fetch_bytes.inc(len(chunk.data))
-                yield chunk
+            async for head, data in self._fetch(request, context, span):
+                sent += len(data)
+                self.metrics.fetch_bytes.inc(len(data))
+                yield head, data
             if span is not None:
                 span.set_attribute("chameleon.bytes", sent)
 
@@ -167,10 +202,12 @@ class AdapterStoreService(store_pb2_grpc.AdapterStoreServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:
             async for c in stream:
+                # the data goes next to its message, not into it: join_chunk serializes the two
+                # with one copy of the data (protobuf would make two, see chunk_wire)
                 yield store_pb2.AdapterChunk(
-                    file_name=c.file.name, offset=c.offset, data=c.data, last=c.last,
+                    file_name=c.file.name, offset=c.offset, last=c.last,
                     sha256=c.file.sha256 if c.last else "", file_size=c.file.size_bytes,
-                    adapter_sha256=rec.sha256)
+                    adapter_sha256=rec.sha256), c.data
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (AdapterCorrupt, BackendUnavailable, ObjectMissing) as e:

@@ -27,10 +27,13 @@ from typing import Any, Callable
 import grpc
 
 from chameleon_common.adapters import adapter_digest
+from chameleon_common.chunk_wire import split_chunk
 from chameleon_common.server import CHANNEL_OPTIONS
-from chameleon.v1 import store_pb2, store_pb2_grpc
+from chameleon.v1 import store_pb2
 
 log = logging.getLogger(__name__)
+
+FETCH_METHOD = "/chameleon.v1.AdapterStore/FetchAdapter"
 
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
@@ -101,7 +104,7 @@ class _Partial:
 _MAX_PENDING = 8
 
 
-def _absorb(buf: bytearray, offset: int, data: bytes, h) -> None:
+def _absorb(buf: bytearray, offset: int, data: memoryview, h) -> None:
     buf[offset:offset + len(data)] = data
     h.update(data)
 
@@ -113,7 +116,11 @@ class AdapterFetcher:
                  clock: Callable[[], float] = time.monotonic):
         self.channel = (channel_factory(store_address) if channel_factory is not None else
                         grpc.aio.insecure_channel(store_address, options=CHANNEL_OPTIONS))
-        self.stub = store_pb2_grpc.AdapterStoreStub(self.channel)
+        # the stub's FetchAdapter, except that each chunk's data stays a view into the received
+        # message (chunk_wire): protobuf would copy it twice before the staging copy
+        self._fetch_call = self.channel.unary_stream(
+            FETCH_METHOD, request_serializer=store_pb2.FetchAdapterRequest.SerializeToString,
+            response_deserializer=split_chunk)
         self.retry = retry
         self.chunk_bytes = chunk_bytes
         self.metadata = metadata
@@ -190,10 +197,10 @@ class AdapterFetcher:
         req = store_pb2.FetchAdapterRequest(adapter_id=adapter_id, chunk_bytes=self.chunk_bytes,
                                             resume_file=resume_file, resume_offset=resume_offset,
                                             expect_sha256=part.digest)
-        call = self.stub.FetchAdapter(req, timeout=max(0.1, deadline - self._clock()),
-                                      metadata=metadata or None)
+        call = self._fetch_call(req, timeout=max(0.1, deadline - self._clock()),
+                                metadata=metadata or None)
         complete = False
-        async for c in call:
+        async for c, data in call:
             if not part.digest:
                 part.digest = c.adapter_sha256
             elif c.adapter_sha256 and c.adapter_sha256 != part.digest:
@@ -209,18 +216,18 @@ class AdapterFetcher:
                 part.received[name] = 0
                 part.hashes[name] = hashlib.sha256()
             got = part.received[name]
-            if c.offset != got or got + len(c.data) > len(part.buffers[name]):
+            if c.offset != got or got + len(data) > len(part.buffers[name]):
                 raise AdapterFetchError(grpc.StatusCode.DATA_LOSS,
                                         f"adapter {adapter_id!r}: {name} chunk at {c.offset}, "
                                         f"expected {got} (of {len(part.buffers[name])} bytes)")
-            if c.data and stats.nbytes == 0:
+            if data and stats.nbytes == 0:
                 stats.ttfb_s = self._clock() - start
-            part.pending.append(loop.run_in_executor(helper, _absorb, part.buffers[name], got, c.data,
+            part.pending.append(loop.run_in_executor(helper, _absorb, part.buffers[name], got, data,
                                                      part.hashes[name]))
             if len(part.pending) > _MAX_PENDING:
                 await part.pending.popleft()
-            part.received[name] = got + len(c.data)
-            stats.nbytes += len(c.data)
+            part.received[name] = got + len(data)
+            stats.nbytes += len(data)
             complete = False
             if c.last:
                 if part.received[name] != len(part.buffers[name]):

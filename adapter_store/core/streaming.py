@@ -29,7 +29,7 @@ class AdapterCorrupt(Exception):
 class Chunk:
     file: FileRecord
     offset: int
-    data: bytes
+    data: bytes | memoryview    # a view into the hot cache's copy: the sender copies it once
     last: bool
 
 
@@ -63,14 +63,15 @@ async def _from_memory(f: FileRecord, data: bytes, offset: int, chunk_bytes: int
         return
     while offset < f.size_bytes:
         end = min(offset + chunk_bytes, f.size_bytes)
-        yield Chunk(f, offset, bytes(view[offset:end]), end >= f.size_bytes)
+        yield Chunk(f, offset, view[offset:end], end >= f.size_bytes)
         offset = end
 
 
 async def _from_backend(catalog: AdapterCatalog, hot: HotCache, rec: AdapterRecord, f: FileRecord,
                         offset: int, chunk_bytes: int, readahead: int) -> AsyncIterator[Chunk]:
     whole = offset == 0
-    keep = bytearray() if whole and f.size_bytes <= hot.capacity_bytes else None
+    # the chunks themselves are kept (no copy per chunk) and joined once for the cache
+    keep: list[bytes] | None = [] if whole and f.size_bytes <= hot.capacity_bytes else None
     digest = hashlib.sha256() if keep is not None else None
     if f.size_bytes == 0 or offset >= f.size_bytes:
         if digest is not None and digest.hexdigest() != f.sha256:
@@ -100,13 +101,13 @@ async def _from_backend(catalog: AdapterCatalog, hot: HotCache, rec: AdapterReco
             last = o + want >= f.size_bytes
             if digest is not None and keep is not None:
                 digest.update(data)
-                keep += data
+                keep.append(data)
                 if last and digest.hexdigest() != f.sha256:
                     raise AdapterCorrupt(f"adapter {rec.adapter_id!r}: {f.name} does not match its "
                                          "sha256 on record (the stored object is corrupt)")
             yield Chunk(f, o, data, last)
         if keep is not None:
-            hot.put(rec.sha256, f.name, bytes(keep))
+            hot.put(rec.sha256, f.name, b"".join(keep))
     finally:
         for _, task in pending:
             task.cancel()

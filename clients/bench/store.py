@@ -1,18 +1,23 @@
 """Adapter streaming, store -> worker over loopback gRPC vs straight from the backend (`chameleon bench store`).
 
 For each backend (the local folder, and SeaweedFS started here) and each adapter size,
-in the same run: (1) `direct`: the adapter's bytes read from the backend by this process
-with the store's own ranged reads (same chunk size and read-ahead, no hashing); (2) `grpc`:
-the same adapter fetched by the worker's AdapterFetcher from an adapter store process over
-loopback gRPC (the store reads the backend and hashes each file, the fetcher stages every
-chunk and verifies each file's sha256). The store's hot cache is off, so both read the backend.
-The adapters are PEFT LoRA for a Llama-7B shape (hidden 4096, 32 layers, all seven
-projections), fp16, their rank chosen to come close to the sizes asked for. Label: live on CPU.
+interleaved in the same run: (1) `direct`: the adapter's bytes read from the backend by this
+process with the store's own ranged reads (same chunk size and read-ahead, no hashing), the
+baseline the goal is stated against; (2) `direct + sha256`: the same reads, each file also
+sha256-verified on a helper thread, what a worker reading the backend itself would pay to
+verify; (3) `grpc`: the same adapter fetched by the worker's AdapterFetcher from an adapter
+store process over loopback gRPC (the store reads the backend and sends; with its hot cache
+off, as here, it does not hash; the fetcher stages every chunk and verifies each file's sha256
+on its helper thread). Also measured once per run: sha256 over in-memory bytes on one core,
+the ceiling of any path that verifies. The adapters are PEFT LoRA for a Llama-7B shape (hidden
+4096, 32 layers, all seven projections), fp16, their rank chosen to come close to the sizes
+asked for. Label: live on CPU.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import struct
@@ -20,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from clients.bench._io import write_json
 
@@ -77,24 +83,51 @@ def adapter_files(target_bytes: int) -> tuple[int, bytes, bytes]:
     return rank, config, struct.pack("<Q", len(raw)) + raw + data
 
 
-async def direct_read(backend, keys: list[tuple[str, int]]) -> float:
-    """Seconds to read every byte of the objects with ranged reads, READAHEAD in flight."""
+async def direct_read(backend, keys: list[tuple[str, int, str]], chunk: int,
+                      helper: ThreadPoolExecutor | None = None) -> float:
+    """Seconds to read every byte of the objects with ranged reads, READAHEAD in flight.
+
+    With `helper`, each object is also sha256-verified as it arrives, on that one thread (hashlib
+    drops the GIL), as a worker reading the backend itself would have to: the `direct + sha256`
+    baseline. Without it nothing but the reads is timed (the `direct` baseline)."""
+    loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
-    for key, size in keys:
+    for key, size, sha in keys:
         pending: deque = deque()
-        offsets = iter(range(0, size, CHUNK_BYTES))
+        offsets = iter(range(0, size, chunk))
+        h = hashlib.sha256() if helper is not None else None
+        hashing: deque = deque()
         for o in offsets:
-            pending.append(asyncio.ensure_future(backend.read(key, o, min(CHUNK_BYTES, size - o))))
+            pending.append(asyncio.ensure_future(backend.read(key, o, min(chunk, size - o))))
             if len(pending) >= READAHEAD:
                 break
         got = 0
         while pending:
-            got += len(await pending.popleft())
+            data = await pending.popleft()
+            got += len(data)
             for o in offsets:
-                pending.append(asyncio.ensure_future(backend.read(key, o, min(CHUNK_BYTES, size - o))))
+                pending.append(asyncio.ensure_future(backend.read(key, o, min(chunk, size - o))))
                 break
+            if h is not None:   # in order: one update after the other on the single helper thread
+                hashing.append(loop.run_in_executor(helper, h.update, data))
+                if len(hashing) > READAHEAD:
+                    await hashing.popleft()
+        for f in hashing:
+            await f
         assert got == size, (key, got, size)
+        if h is not None and h.hexdigest() != sha:
+            raise RuntimeError(f"{key}: sha256 mismatch on the direct read")
     return time.perf_counter() - t0
+
+
+def sha256_one_core(nbytes: int = 256 << 20) -> float:
+    """MB/s of hashlib.sha256 over in-memory bytes on one core: the fetcher's hashing ceiling."""
+    block = os.urandom(1 << 20)
+    h = hashlib.sha256()
+    t0 = time.perf_counter()
+    for _ in range(nbytes // len(block)):
+        h.update(block)
+    return nbytes / (time.perf_counter() - t0) / 1e6
 
 
 async def grpc_fetch(fetcher, adapter_id: str) -> tuple[float, int]:
@@ -104,14 +137,14 @@ async def grpc_fetch(fetcher, adapter_id: str) -> tuple[float, int]:
     return time.perf_counter() - t0, got.stats.nbytes
 
 
-def _start_store(args: list[str], work: Path, env: dict) -> tuple:
+def _start_store(args: list[str], work: Path, env: dict, chunk: int) -> tuple:
     import subprocess
 
     port_file = work / "store.port"
     port_file.unlink(missing_ok=True)
     log = open(work / "store.log", "ab")
     p = subprocess.Popen([sys.executable, "-m", "adapter_store.main", "--port", "0", "--port-file",
-                          str(port_file), "--hot-cache-bytes", "0", "--chunk-bytes", str(CHUNK_BYTES),
+                          str(port_file), "--hot-cache-bytes", "0", "--chunk-bytes", str(chunk),
                           "--backend-requests-per-s", "10000", *args],
                          stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **env))
     deadline = time.monotonic() + 60
@@ -124,7 +157,7 @@ def _start_store(args: list[str], work: Path, env: dict) -> tuple:
 
 
 async def _bench_backend(kind: str, backend, store_args: list[str], env: dict, sizes: list[int],
-                         work: Path, reps: int) -> dict:
+                         work: Path, reps: int, chunk: int) -> dict:
     from clients.store_client import StoreClient
     from gpu_worker.adapter_fetcher import AdapterFetcher, RetryPolicy
 
@@ -135,45 +168,55 @@ async def _bench_backend(kind: str, backend, store_args: list[str], env: dict, s
         name = f"bench-{size >> 20}mb"
         await backend.write(f"{name}/adapter_config.json", config)
         await backend.write(f"{name}/adapter_model.safetensors", weights)
-        names[size] = (name, rank, len(config) + len(weights), len(config), len(weights))
+        names[size] = (name, rank, len(config) + len(weights),
+                       [(f"{name}/adapter_config.json", len(config), hashlib.sha256(config).hexdigest()),
+                        (f"{name}/adapter_model.safetensors", len(weights),
+                         hashlib.sha256(weights).hexdigest())])
         del weights
-    proc, address = _start_store(store_args, work, env)
+    proc, address = _start_store(store_args, work, env, chunk)
     # one channel for the run, as a worker keeps one to its store
-    fetcher = AdapterFetcher(address, retry=RetryPolicy(deadline_s=600), chunk_bytes=CHUNK_BYTES)
+    fetcher = AdapterFetcher(address, retry=RetryPolicy(deadline_s=600), chunk_bytes=chunk)
+    helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-sha")
     try:
         async with StoreClient(address) as s:
             for size, (name, *_rest) in names.items():
                 info = await s.show(name)   # hashes the files once, before any timing
                 if not info.valid:
                     raise RuntimeError(f"bench adapter {name} invalid: {info.invalid_reason}")
-        for size, (name, rank, total, cfg_len, w_len) in names.items():
-            keys = [(f"{name}/adapter_config.json", cfg_len), (f"{name}/adapter_model.safetensors", w_len)]
-            g_best = d_best = float("inf")
-            for _ in range(reps):  # alternate, so both see the same page cache and machine load
-                d_best = min(d_best, await direct_read(backend, keys))
+        for size, (name, rank, total, keys) in names.items():
+            runs: dict[str, list[float]] = {"grpc": [], "direct": [], "direct_sha256": []}
+            for _ in range(reps):  # interleaved, so all three see the same page cache and load
+                runs["direct"].append(total / await direct_read(backend, keys, chunk) / 1e6)
+                runs["direct_sha256"].append(total / await direct_read(backend, keys, chunk, helper) / 1e6)
                 secs, nbytes = await grpc_fetch(fetcher, name)
                 assert nbytes == total
-                g_best = min(g_best, secs)
-            g, d = total / g_best / 1e6, total / d_best / 1e6
+                runs["grpc"].append(total / secs / 1e6)
+            g, d, dh = (max(runs[k]) for k in ("grpc", "direct", "direct_sha256"))
             out[str(total)] = {"grpc_MBps": round(g, 1), "direct_MBps": round(d, 1),
-                               "ratio": round(g / d, 3), "rank": rank}
+                               "ratio": round(g / d, 3), "direct_sha256_MBps": round(dh, 1),
+                               "ratio_vs_direct_sha256": round(g / dh, 3), "rank": rank,
+                               "runs_MBps": {k: [round(x, 1) for x in v] for k, v in runs.items()}}
             print(f"  {kind:<6} {total / 2**20:7.1f} MiB  grpc {g:8.1f} MB/s  direct {d:8.1f} MB/s  "
-                  f"ratio {g / d:.2f}", flush=True)
+                  f"ratio {g / d:.2f}   direct+sha256 {dh:8.1f} MB/s  ratio {g / dh:.2f}", flush=True)
     finally:
+        helper.shutdown()
         await fetcher.close()
         proc.terminate()
         proc.wait(20)
     return out
 
 
-async def run_store_bench(sizes_mb: list[int], backends: list[str], reps: int) -> dict:
+async def run_store_bench(sizes_mb: list[int], backends: list[str], reps: int,
+                          chunk: int = CHUNK_BYTES) -> dict:
     from adapter_store.core.backends import LocalFolderBackend
     from adapter_store.s3_backend import S3Backend, S3Config
     from clients.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS, SeaweedUnavailable
 
     sizes = [mb << 20 for mb in sizes_mb]
-    result: dict = {"label": "live on CPU", "chunk_bytes": CHUNK_BYTES, "readahead": READAHEAD,
-                    "backends": {}, "sizes": {}}
+    result: dict = {"label": "live on CPU", "chunk_bytes": chunk, "readahead": READAHEAD,
+                    "reps": reps, "loadavg_start": os.getloadavg()[0],
+                    "sha256_one_core_MBps": round(sha256_one_core(), 1), "backends": {}, "sizes": {}}
+    print(f"  sha256 on one core (in memory): {result['sha256_one_core_MBps']:.0f} MB/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="chameleon-bench-store-") as tmp:
         work = Path(tmp)
         base = write_base_model(work / "base")
@@ -182,7 +225,7 @@ async def run_store_bench(sizes_mb: list[int], backends: list[str], reps: int) -
             folder.mkdir()
             result["backends"]["local"] = await _bench_backend(
                 "local", LocalFolderBackend(folder), ["--adapters", str(folder), "--base-model", str(base)],
-                {}, sizes, work, reps)
+                {}, sizes, work, reps, chunk)
         if "s3" in backends:
             sw = SeaweedFS(work / "weed")
             try:
@@ -196,13 +239,14 @@ async def run_store_bench(sizes_mb: list[int], backends: list[str], reps: int) -
                     be = S3Backend(S3Config(bucket=sw.bucket, endpoint=sw.endpoint,
                                             access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY))
                     result["backends"]["s3"] = await _bench_backend(
-                        "s3", be, [*sw.store_args(), "--base-model", str(base)], env, sizes, work, reps)
+                        "s3", be, [*sw.store_args(), "--base-model", str(base)], env, sizes, work, reps, chunk)
                 finally:
                     sw.stop()
     # the top-level `sizes` table is the local folder's (the default backend), else S3's
     first = next((b for b in result["backends"].values() if "skipped" not in b), {})
     result["sizes"] = {k: {m: v[m] for m in ("grpc_MBps", "direct_MBps", "ratio")}
                        for k, v in first.items()}
+    result["loadavg_end"] = os.getloadavg()[0]
     return result
 
 
@@ -211,14 +255,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=None,
                         help=f"adapter sizes in MB (default {' '.join(map(str, SIZES_MB))})")
     parser.add_argument("--backends", nargs="+", default=["local", "s3"], choices=["local", "s3"])
-    parser.add_argument("--reps", type=int, default=2, help="best of this many runs per size")
+    parser.add_argument("--reps", type=int, default=2, help="best of this many interleaved runs per size (every run is in the JSON)")
+    parser.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES,
+                        help=f"chunk size of the stream and of the direct reads (default {CHUNK_BYTES})")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
 
 
 def run(args: argparse.Namespace) -> int:
     sizes = args.sizes_mb or (list(QUICK_SIZES_MB) if args.quick else list(SIZES_MB))
     print("adapter streaming, store -> worker (live on CPU)")
-    result = asyncio.run(run_store_bench(sizes, args.backends, max(1, args.reps)))
+    result = asyncio.run(run_store_bench(sizes, args.backends, max(1, args.reps), args.chunk_bytes))
     write_json(args.json, result)
     return 0
 

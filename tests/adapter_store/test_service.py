@@ -17,8 +17,7 @@ from tests.adapter_store.core.test_catalog import files, only_4x8_float
 async def store(tmp_path):
     catalog = AdapterCatalog(MemoryBackend(), only_4x8_float, stat_ttl_s=0)
     server = grpc.aio.server()
-    store_pb2_grpc.add_AdapterStoreServicer_to_server(
-        AdapterStoreService(catalog, HotCache(1 << 20), admin_token="s3cret"), server)
+    AdapterStoreService(catalog, HotCache(1 << 20), admin_token="s3cret").add_to_server(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     folder = tmp_path / "ad"

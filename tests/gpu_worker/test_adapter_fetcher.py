@@ -10,7 +10,6 @@ from adapter_store.core.catalog import AdapterCatalog
 from adapter_store.core.hot_cache import HotCache
 from chameleon_common.adapters import adapter_digest
 from adapter_store.service import AdapterStoreService
-from chameleon.v1 import store_pb2_grpc
 from gpu_worker.adapter_fetcher import AdapterFetcher, AdapterFetchError, RetryPolicy
 from tests.adapter_store.core.test_catalog import files
 
@@ -39,7 +38,7 @@ async def serve(backend, hot=0):
     catalog = AdapterCatalog(backend, lambda c, t: [], chunk_bytes=16, stat_ttl_s=0)
     service = AdapterStoreService(catalog, HotCache(hot), readahead=1)
     server = grpc.aio.server()
-    store_pb2_grpc.add_AdapterStoreServicer_to_server(service, server)
+    service.add_to_server(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}", catalog, service
@@ -110,3 +109,21 @@ async def test_unknown_adapter_is_not_found_at_once():
         await f.close()
         await server.stop(None)
     assert e.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_second_fetch_comes_from_the_hot_cache_byte_for_byte():
+    be = FlakyBackend(break_after=0, failures=0)   # never fails; logs every weights read
+    server, addr, catalog, service = await serve(be, hot=1 << 20)
+    fs = files(shape=(4, 8))
+    await catalog.push("ad", fs)
+    f = AdapterFetcher(addr)
+    try:
+        cold = await f.fetch("ad@1")
+        reads = len(be.log)
+        warm = await f.fetch("ad@1")
+    finally:
+        await f.close()
+        await server.stop(None)
+    assert reads > 0 and len(be.log) == reads          # the second fetch read nothing from the backend
+    assert service.hot.hits >= 2                        # both files, from memory
+    assert {k: bytes(v) for k, v in warm.files.items()} == {k: bytes(v) for k, v in cold.files.items()} == fs
