@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import grpc
+import numpy as np
 
 from chameleon_common.adapters import adapter_digest
 from chameleon_common.chunk_wire import split_chunk
@@ -105,7 +106,10 @@ _MAX_PENDING = 8
 
 
 def _absorb(buf: bytearray, offset: int, data: memoryview, h) -> None:
-    buf[offset:offset + len(data)] = data
+    if data:
+        # numpy's copy drops the GIL (a bytearray slice assignment holds it), so the event loop
+        # goes on receiving while this thread copies, as it does while hashlib hashes
+        np.frombuffer(buf, np.uint8, len(data), offset)[:] = np.frombuffer(data, np.uint8)
     h.update(data)
 
 
