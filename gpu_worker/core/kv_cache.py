@@ -40,12 +40,21 @@ class PagedKVCache:
     def dtype(self) -> torch.dtype:
         return self.pages.dtype
 
-    def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store k, v [T, num_kv_heads, head_dim] at flat slots slot_mapping [T]
-        (slot = page * block_size + offset)."""
-        page, offset = slot_mapping // self.block_size, slot_mapping % self.block_size
+    def slots(self, slot_mapping: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(page, offset) of flat slots [T] (slot = page * block_size + offset): computed once
+        per step, since every layer writes the same slots."""
+        return slot_mapping // self.block_size, slot_mapping % self.block_size
+
+    def write_at(self, layer: int, where: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor,
+                 v: torch.Tensor) -> None:
+        """Store k, v [T, num_kv_heads, head_dim] at `where` = slots(slot_mapping)."""
+        page, offset = where
         self.k[layer, page, offset] = k.to(self.dtype)
         self.v[layer, page, offset] = v.to(self.dtype)
+
+    def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v [T, num_kv_heads, head_dim] at flat slots slot_mapping [T]."""
+        self.write_at(layer, self.slots(slot_mapping), k, v)
 
     def gather(self, layer: int, block_table: list[int] | torch.Tensor, length: int
                ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,11 +69,6 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * xf.to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
 class LlamaModel:
     def __init__(self, config: LlamaConfig, weights: dict[str, torch.Tensor], device: torch.device,
                  dtype: torch.dtype):
@@ -132,21 +127,30 @@ class LlamaModel:
         c = self.config
         nh, kvh, hd = c.num_heads, c.num_kv_heads, c.head_dim
         x = self.embed[batch.input_ids]
+        T = x.shape[0]
         freqs = batch.positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(self.dtype)[:, None, :], emb.sin().to(self.dtype)[:, None, :]
+        # RoPE's rotate_half(x) = cat(-x2, x1) is roll(x, hd/2) with the first half negated, so
+        # rotate_half(x) * sin == roll(x) * sin_signed exactly (a sign flip rounds nothing),
+        # one op per layer instead of a negation and a concatenation
+        h2 = hd // 2
+        sin_signed = torch.cat((-sin[..., :h2], sin[..., h2:]), dim=-1)
         with scope(ATTENTION):
             meta = AttentionMeta.build(batch.query_lens, batch.context_lens, batch.block_tables,
                                        kv.block_size, nh // kvh, self.device)
+            # the cache slots of this step's tokens, the same in every layer
+            where = kv.slots(batch.slot_mapping)
         for i, lw in enumerate(self.layers):
             h = rms_norm(x, lw["in_norm"], c.rms_norm_eps)
             qkv = self._linear(h, i, "qkv_proj", lora, QKV)
             with scope(ATTENTION):  # rotary embeddings, the cache write and attention
-                q, k, v = qkv.split((nh * hd, kvh * hd, kvh * hd), dim=-1)
-                q, k, v = q.reshape(-1, nh, hd), k.reshape(-1, kvh, hd), v.reshape(-1, kvh, hd)
-                q = q * cos + rotate_half(q) * sin
-                k = k * cos + rotate_half(k) * sin
-                kv.write(i, batch.slot_mapping, k, v)
+                # q and k rotate together: one view over their columns of the fused output
+                qk = qkv[:, :(nh + kvh) * hd].view(T, nh + kvh, hd)
+                qk = qk * cos + qk.roll(h2, dims=-1) * sin_signed
+                q, k = qk[:, :nh], qk[:, nh:]
+                v = qkv[:, (nh + kvh) * hd:].view(T, kvh, hd)
+                kv.write_at(i, where, k, v)
                 attn = paged_attention(q, kv, i, meta)
             x = x + self._linear(attn, i, "o_proj", lora)
             h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
