@@ -70,28 +70,42 @@ def _client_proc(address: str, streams: int, per_stream: int, max_tokens: int, s
 
 async def _clients(address: str, streams: int, per_stream: int, max_tokens: int,
                    start_at: float) -> dict:
+    from clients.bench.relay_worker import VOCAB, text_of
     from clients.client import ChameleonClient, ChameleonError
 
-    stats = {"tokens": 0, "responses": 0, "requests": 0, "short": 0, "errors": 0, "retries": 0}
+    # token i of every request is id i % VOCAB, text text_of(i): a lost, repeated or
+    # reordered token shows as a request out of order
+    want_ids = [i % VOCAB for i in range(max_tokens)]
+    want_text = "".join(text_of(i) for i in range(max_tokens))
+    stats = {"tokens": 0, "responses": 0, "requests": 0, "short": 0, "errors": 0, "retries": 0,
+             "disordered": 0}
+    codes: dict[str, int] = {}   # status code -> errors with it
 
     async def stream(c: ChameleonClient) -> None:
         for _ in range(per_stream):
             for _attempt in range(50):
                 got = 0
+                ids: list[int] = []
+                text: list[str] = []
                 try:
                     async for ch in c.generate(PROMPT, max_tokens=max_tokens, ignore_eos=True):
                         got += len(ch.token_ids)
+                        ids += ch.token_ids
+                        text.append(ch.text)
                         stats["responses"] += 1
                     break
                 except ChameleonError as e:
                     if e.code.name != "RESOURCE_EXHAUSTED" or got:
                         stats["errors"] += 1
+                        codes[e.code.name] = codes.get(e.code.name, 0) + 1
                         break
                     stats["retries"] += 1   # refused before any token: the queue was full
                     await asyncio.sleep(0.2)
             stats["tokens"] += got
             stats["requests"] += 1
             stats["short"] += got != max_tokens
+            joined = "".join(text)
+            stats["disordered"] += ids != want_ids[:len(ids)] or joined != want_text[:len(joined)]
 
     async with ChameleonClient(address) as c:
         await c.status()   # connected before the clock starts
@@ -100,6 +114,7 @@ async def _clients(address: str, streams: int, per_stream: int, max_tokens: int,
         await asyncio.gather(*(stream(c) for _ in range(streams)))
         stats["cpu_s"] = time.process_time() - cpu0
     stats["end"] = time.time()
+    stats["error_codes"] = codes
     return stats
 
 
@@ -162,7 +177,7 @@ def run_point(workers: int, batch: int, *, step_s: float, max_tokens: int, min_t
     sent = json.loads(fw_stats.read_text())
     wall = t1 - t0
     got = {k: sum(r[k] for r in results) for k in ("tokens", "responses", "requests", "short",
-                                                   "errors", "retries")}
+                                                   "errors", "retries", "disordered")}
     sent_tokens = sum(s["sent_tokens"] for s in sent)
     sched_cpu = (s1 - s0) / wall * 100.0
     tok_s = got["tokens"] / wall
@@ -176,7 +191,12 @@ def run_point(workers: int, batch: int, *, step_s: float, max_tokens: int, min_t
             "tokens_received": got["tokens"], "tokens_sent": sent_tokens,
             "tokens_expected": got["requests"] * max_tokens,
             "responses": got["responses"], "tokens_per_response": got["tokens"] / max(1, got["responses"]),
+            "worker_steps": sum(s["steps"] for s in sent),
             "worker_batches": sum(s["batches"] for s in sent),
+            "steps_per_worker_message": sum(s["steps"] for s in sent) / max(1, sum(s["batches"] for s in sent)),
+            "disordered_requests": got["disordered"],
+            "error_codes": {k: sum(r["error_codes"].get(k, 0) for r in results)
+                            for k in {c for r in results for c in r["error_codes"]}},
             "errors": got["errors"], "short_requests": got["short"], "retries": got["retries"],
             "lost_tokens": sent_tokens - got["tokens"]}
 
@@ -191,6 +211,7 @@ def _table(points: list[dict]) -> str:
         rows.append(f"{p['workers']:7d} {p['batch']:5d} {p['streams']:7d} {off} {p['tok_s']:9.0f} "
                     f"{p['scheduler_cpu_pct']:8.0f}% {p['tok_per_scheduler_cpu_s']:10.0f} "
                     f"{p['workers_cpu_pct']:7.0f}% {p['clients_cpu_pct']:7.0f}% "
+                    f"{p['steps_per_worker_message']:10.1f} "
                     f"{p['tokens_per_response']:7.1f} {p['lost_tokens']:5d} {p['errors']:4d}")
     return "\n".join(rows)
 
@@ -257,4 +278,5 @@ def run(args: argparse.Namespace) -> int:
           f"({'meets' if best >= GOAL_TOK_S else 'below'} the {GOAL_TOK_S:,} tok/s-per-core goal)")
     write_json(args.json, out)
     lost = sum(p["lost_tokens"] for p in out["points"])
-    return 1 if lost or any(p["errors"] for p in out["points"]) else 0
+    bad = any(p["errors"] or p["disordered_requests"] for p in out["points"])
+    return 1 if lost or bad else 0
