@@ -20,6 +20,7 @@ from safetensors import safe_open
 
 from .attention import AttentionMeta, paged_attention
 from .kv_cache import PagedKVCache
+from .packed_linear import PackedWeights, available as packing_available
 from chameleon_common.model_config import LlamaConfig
 from .profiling import ATTENTION, BASE_LINEAR, LORA, scope
 
@@ -71,7 +72,9 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 class LlamaModel:
     def __init__(self, config: LlamaConfig, weights: dict[str, torch.Tensor], device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, pack_weights: bool | None = None):
+        """`pack_weights`: pre-pack the linear layers for MKL at a steady decode batch size
+        (packed_linear.py); None = wherever that is available (fp32 on an MKL CPU build)."""
         self.config, self.device, self.dtype = config, torch.device(device), dtype
 
         def w(name: str) -> torch.Tensor:
@@ -95,10 +98,18 @@ class LlamaModel:
             lw["qkv_proj"] = torch.cat([lw.pop(m) for m in QKV])
             lw["gate_up_proj"] = torch.cat([lw.pop(m) for m in GATE_UP])
         self.inv_freq = rope_inv_freq(config).to(self.device)
+        if pack_weights is None:
+            pack_weights = dtype == torch.float32 and packing_available(self.device)
+        self.packed: PackedWeights | None = None
+        if pack_weights:
+            self.packed = PackedWeights(
+                {**{f"{i}.{n}": lw[n] for i, lw in enumerate(self.layers)
+                    for n in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")},
+                 "lm_head": self.lm_head})
 
     @classmethod
     def load(cls, model_dir: Path | str, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> "LlamaModel":
+             dtype: torch.dtype = torch.float32, pack_weights: bool | None = None) -> "LlamaModel":
         model_dir = Path(model_dir)
         cfg = LlamaConfig.from_hf_dir(model_dir)
         files = sorted(model_dir.glob("*.safetensors"))
@@ -109,13 +120,14 @@ class LlamaModel:
             with safe_open(str(f), framework="pt") as sf:
                 for k in sf.keys():
                     weights[k] = sf.get_tensor(k)
-        return cls(cfg, weights, torch.device(device), dtype)
+        return cls(cfg, weights, torch.device(device), dtype, pack_weights)
 
     def _linear(self, x: torch.Tensor, layer: int, name: str, lora: LoraDelta | None,
                 modules: Sequence[str] | None = None) -> torch.Tensor:
         """x @ W^T plus LoRA; `modules` name the LoRA modules a fused weight stacks."""
         with scope(BASE_LINEAR):
-            y = x @ self.layers[layer][name].t()
+            y = (self.packed.linear(x, f"{layer}.{name}") if self.packed is not None
+                 else x @ self.layers[layer][name].t())
         if lora is not None:
             with scope(LORA):
                 lora.add(layer, modules or (name,), x, y)
@@ -128,6 +140,8 @@ class LlamaModel:
         nh, kvh, hd = c.num_heads, c.num_kv_heads, c.head_dim
         x = self.embed[batch.input_ids]
         T = x.shape[0]
+        if self.packed is not None:
+            self.packed.observe(T)
         freqs = batch.positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(self.dtype)[:, None, :], emb.sin().to(self.dtype)[:, None, :]
@@ -159,4 +173,6 @@ class LlamaModel:
         last = torch.tensor(list(itertools.accumulate(batch.query_lens)), device=self.device) - 1
         h = rms_norm(x[last], self.norm, c.rms_norm_eps)
         with scope(BASE_LINEAR):
-            return (h @ self.lm_head.t()).float()
+            logits = (self.packed.linear(h, "lm_head") if self.packed is not None
+                      else h @ self.lm_head.t())
+            return logits.float()
