@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not available(torch.device("cpu")),
 def test_packed_product_matches_the_plain_one(rows, shape):
     gen = torch.Generator().manual_seed(rows)
     w = torch.randn(*shape, generator=gen)
-    pw = PackedWeights({"w": w}, steady_steps=1)
+    pw = PackedWeights({"w": w}, steady_steps=1, min_gap_steps=0)
     pw.observe(rows)
     assert pw.rows == rows
     for n in (rows, rows + 1):   # the packed size, and another one (the fallback)
@@ -28,7 +28,7 @@ def test_packed_product_matches_the_plain_one(rows, shape):
 
 
 def test_packs_only_a_steady_batch_size_and_keeps_one_set():
-    pw = PackedWeights({"w": torch.randn(8, 4)}, steady_steps=3)
+    pw = PackedWeights({"w": torch.randn(8, 4)}, steady_steps=3, min_gap_steps=0)
     for rows in (5, 5, 7, 5, 5):      # never 3 in a row
         pw.observe(rows)
     assert pw.rows is None and pw.packs == 0
@@ -59,3 +59,12 @@ def test_model_logits_are_the_same_with_and_without_packing(tiny_assets):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
     assert packed.packed.rows == n_seqs and packed.packed.packs == 1
+
+
+def test_a_churning_batch_size_repacks_at_most_once_per_gap():
+    pw = PackedWeights({"w": torch.randn(8, 4)}, steady_steps=2, min_gap_steps=10)
+    sizes = [r for r in (3, 5) for _ in range(2)] * 10    # each size holds 2 steps, 40 steps
+    for rows in sizes:
+        pw.observe(rows)
+    # the first pack at step 2, then one at most every 10 passes: 4 in 40, not 20
+    assert pw.packs == 4
