@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,13 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from clients.bench._io import write_json
+from clients.seaweedfs import free_port
+
 GOAL = 0.97
 
 # the receiver process: counts the spans it receives into a file
 RECEIVER = """
 import asyncio, os, sys
 from oteltap import OtelTapHttpProtobufReceiver as R, OtelTapHttpProtobufReceiverSettings as S
-from clients.bench._io import write_json
 async def main(port, out):
     n = 0
     async with R(S(http_port=port)) as tap:
@@ -63,12 +64,6 @@ class Receiver:
         self._proc.terminate()
         self._proc.wait(timeout=10)
         self._dir.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _round(spec, reqs, concurrency: int) -> dict:
