@@ -26,7 +26,6 @@ import math
 import multiprocessing as mp
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 from clients.bench._io import write_json
+from clients.seaweedfs import free_port
 
 DEFAULT_POINTS = ((1, 64), (1, 256), (4, 64), (4, 256), (8, 64), (8, 256))
 GOAL_TOK_S = 100_000
@@ -45,12 +45,6 @@ def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS   # utime, stime (fields 14, 15)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_file(path: Path, proc: subprocess.Popen, what: str, timeout_s: float = 60) -> str:
@@ -139,7 +133,7 @@ def run_point(workers: int, batch: int, *, step_s: float, max_tokens: int, min_t
         sched_port = log_dir / f"{tag}.sched.port"
         sched_port.unlink(missing_ok=True)
         cmd = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else []) + [
-            "-m", "scheduler_svc.main", "--store", f"127.0.0.1:{_free_port()}",
+            "-m", "scheduler_svc.main", "--store", f"127.0.0.1:{free_port()}",
             "--port", "0", "--port-file", str(sched_port), "--log-level", "WARNING",
             # every stream is opened at once: let them all queue rather than be refused
             "--max-tokenizing", str(streams + 64), "--max-queued", str(streams + 64)]

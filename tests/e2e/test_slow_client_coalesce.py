@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 
-from clients.bench.relay import _free_port, _wait_file
+from clients.bench.relay import _wait_file
+from clients.seaweedfs import free_port
 from clients.bench.relay_worker import VOCAB, text_of
 from clients.client import ChameleonClient
 
@@ -26,7 +27,7 @@ def test_a_paused_client_receives_fewer_messages_than_tokens_and_every_token_in_
         procs.append(fw)
         (port,) = json.loads(_wait_file(tmp_path / "ports", fw, "the fake worker"))
         sched = subprocess.Popen([sys.executable, "-m", "scheduler_svc.main", "--store",
-                                  f"127.0.0.1:{_free_port()}", "--port", "0", "--port-file",
+                                  f"127.0.0.1:{free_port()}", "--port", "0", "--port-file",
                                   str(tmp_path / "sched.port"), "--log-level", "WARNING",
                                   "--worker", f"127.0.0.1:{port}"])
         procs.append(sched)
